@@ -1,0 +1,23 @@
+//! W3C Trace Context (`traceparent`, `tracestate`) and W3C Baggage: parsing, validation and
+//! serialisation of the headers the filter reads and extends.
+//!
+//! Everything here works on untrusted header values: bad input is an `Err` with a short
+//! reason (`as_str`), never a panic.
+
+pub mod baggage;
+pub mod traceparent;
+pub mod tracestate;
+
+pub use baggage::{Baggage, BaggageError};
+pub use traceparent::{hex_lower, TraceParent, TraceParentError};
+pub use tracestate::{TraceState, TraceStateError};
+
+/// RFC 9110 `OWS` characters: space and horizontal tab.
+fn is_ows(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// `s` without leading and trailing `OWS`.
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches(is_ows)
+}
