@@ -1,0 +1,39 @@
+# consul-enricher: `make demo` runs the demo, `make test` runs everything CI runs.
+
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/consul_enricher.wasm
+BASELINE_WASM := target/$(WASM_TARGET)/release/baseline_filter.wasm
+
+.PHONY: build test lint unit wasm-unit integration demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
+
+## build: the filter (dist/consul_enricher.wasm + its Kong schema) and the baseline fixture
+build:
+	cargo build --release --target $(WASM_TARGET) -p consul-enricher -p baseline-filter
+	mkdir -p dist
+	cp $(WASM) dist/consul_enricher.wasm
+	cp kong/consul_enricher.meta.json dist/consul_enricher.meta.json
+	@echo "consul_enricher.wasm: $$(wc -c < dist/consul_enricher.wasm) bytes"
+
+## test: everything CI runs
+test: lint unit wasm-unit build integration
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p consul-enricher --target $(WASM_TARGET) -- -D warnings
+
+## unit: host-independent logic on the native target
+unit:
+	cargo test -p consul-enricher
+
+## wasm-unit: the same unit tests compiled for wasm32, run by wasm-bindgen-test on Node
+wasm-unit:
+	cargo test -p consul-enricher --lib --target wasm32-unknown-unknown
+
+## integration: the real .wasm in the wasmtime test host, Kong and Envoy flavours
+integration: build
+	cargo test -p consul-enricher-test-host
+
+clean:
+	cargo clean
+	rm -rf dist

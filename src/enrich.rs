@@ -1,0 +1,492 @@
+//! What the filter adds to a request: headers for the upstream, W3C baggage members and
+//! span attributes, at service level (on request headers) and at instance level (on
+//! response headers, once the host says which upstream address it used).
+//!
+//! Everything that came from Consul is untrusted: it passes through
+//! [`header_value::sanitize`] before it reaches a header, a baggage member or an attribute.
+
+use std::collections::BTreeSet;
+
+use crate::cache::Lookup;
+use crate::config::Config;
+use crate::consul::Instance;
+use crate::header_value::sanitize;
+
+/// Longest value the filter writes into one header, baggage member or attribute.
+pub const MAX_VALUE_LEN: usize = 256;
+/// Most `consul.service.meta.*` / `consul.node.meta.*` attributes per span.
+const MAX_META_ATTRIBUTES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+/// Span attributes in the order they were added.
+pub type Attributes = Vec<(String, AttrValue)>;
+
+/// The service-level result of a lookup, ready to be written to the request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Enrichment {
+    pub headers: Vec<(String, String)>,
+    pub baggage: Vec<(String, String)>,
+    pub attributes: Attributes,
+}
+
+fn str_attr(attrs: &mut Attributes, key: &str, value: &str) {
+    if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+        attrs.push((key.to_string(), AttrValue::Str(v.into_owned())));
+    }
+}
+
+fn concat(a: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len());
+    s.push_str(a);
+    s.push_str(b);
+    s
+}
+
+/// Sorted distinct values of one field over all instances, joined by `,` (a single value
+/// when the instances agree); None when no instance has it.
+fn value_set<'a>(
+    instances: &'a [Instance],
+    field: impl Fn(&'a Instance) -> Option<&'a str>,
+) -> Option<String> {
+    let set: BTreeSet<&str> = instances
+        .iter()
+        .filter_map(field)
+        .filter(|v| !v.is_empty())
+        .collect();
+    if set.is_empty() {
+        return None;
+    }
+    let mut joined = String::new();
+    for v in set {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(v);
+    }
+    Some(joined)
+}
+
+/// The enrichment of a request whose service is `service`, given the cached instances
+/// (empty when the lookup found nothing usable) and the incoming baggage members the
+/// configuration asks to copy (`baggage.read_keys`).
+pub fn for_request(
+    config: &Config,
+    service: &str,
+    instances: &[Instance],
+    lookup: Lookup,
+    read_baggage: &[(String, String)],
+) -> Enrichment {
+    let mut e = Enrichment::default();
+    str_attr(&mut e.attributes, "service.peer.name", service);
+    e.attributes.push((
+        "consul.lookup".to_string(),
+        AttrValue::Str(lookup.label().to_string()),
+    ));
+    for (k, v) in read_baggage {
+        str_attr(&mut e.attributes, k, v);
+    }
+    if instances.is_empty() {
+        return e;
+    }
+
+    let prefix = &config.headers.prefix;
+    let mut header = |name: &str, value: &str| {
+        if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+            e.headers.push((concat(prefix, name), v.into_owned()));
+        }
+    };
+    header("service", service);
+    let datacenters = value_set(instances, |i| Some(&i.datacenter));
+    if let Some(dc) = &datacenters {
+        header("datacenter", dc);
+    }
+    let meta_sets: Vec<(&str, String)> = config
+        .meta_keys
+        .iter()
+        .filter_map(|k| {
+            value_set(instances, |i| i.meta.get(k).map(String::as_str)).map(|v| (k.as_str(), v))
+        })
+        .collect();
+    for (k, v) in &meta_sets {
+        header(&concat("meta-", k), v);
+    }
+    header("instances", &instances.len().to_string());
+    header("lookup", lookup.label());
+
+    if config.baggage.enabled {
+        let mut member = |key: String, value: &str| {
+            if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+                e.baggage.push((key, v.into_owned()));
+            }
+        };
+        member("consul.service".to_string(), service);
+        if let Some(dc) = &datacenters {
+            member("consul.datacenter".to_string(), dc);
+        }
+        for (k, v) in &meta_sets {
+            member(concat("consul.service.meta.", k), v);
+        }
+    }
+
+    if let Some(dc) = &datacenters {
+        str_attr(&mut e.attributes, "consul.datacenter", dc);
+    }
+    let all_keys: BTreeSet<&String> = instances.iter().flat_map(|i| i.meta.keys()).collect();
+    for k in all_keys.into_iter().take(MAX_META_ATTRIBUTES) {
+        if let Some(v) = value_set(instances, |i| i.meta.get(k).map(String::as_str)) {
+            str_attr(&mut e.attributes, &concat("consul.service.meta.", k), &v);
+        }
+    }
+    e
+}
+
+/// A socket address as the host reports `upstream.address`: `ip:port` or `[ipv6]:port`.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.trim().rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// The instance the gateway actually connected to.
+pub fn match_instance<'a>(
+    instances: &'a [Instance],
+    upstream_address: &str,
+) -> Option<&'a Instance> {
+    let (host, port) = split_host_port(upstream_address)?;
+    instances
+        .iter()
+        .find(|i| i.service_port == port && i.address().eq_ignore_ascii_case(host))
+}
+
+/// Attributes of the instance used, plus the peer address the host reported. They replace
+/// the service-level `consul.*` values of the same name.
+pub fn for_instance(instance: Option<&Instance>, upstream_address: Option<&str>) -> Attributes {
+    let mut attrs = Attributes::new();
+    if let Some((host, port)) = upstream_address.and_then(split_host_port) {
+        str_attr(&mut attrs, "network.peer.address", host);
+        attrs.push((
+            "network.peer.port".to_string(),
+            AttrValue::Int(i64::from(port)),
+        ));
+    }
+    let Some(i) = instance else {
+        return attrs;
+    };
+    str_attr(&mut attrs, "server.address", i.address());
+    attrs.push((
+        "server.port".to_string(),
+        AttrValue::Int(i64::from(i.service_port)),
+    ));
+    str_attr(&mut attrs, "consul.service.id", &i.service_id);
+    str_attr(&mut attrs, "consul.node", &i.node);
+    str_attr(&mut attrs, "consul.datacenter", &i.datacenter);
+    if !i.tags.is_empty() {
+        str_attr(&mut attrs, "consul.service.tags", &i.tags.join(","));
+    }
+    for (k, v) in i.meta.iter().take(MAX_META_ATTRIBUTES) {
+        str_attr(&mut attrs, &concat("consul.service.meta.", k), v);
+    }
+    for (k, v) in i.node_meta.iter().take(MAX_META_ATTRIBUTES) {
+        str_attr(&mut attrs, &concat("consul.node.meta.", k), v);
+    }
+    attrs
+}
+
+/// Response headers for the client (only with `headers.response`): the instance's id and
+/// node on top of the service-level headers.
+pub fn instance_headers(config: &Config, instance: &Instance) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    for (name, value) in [
+        ("instance-id", &instance.service_id),
+        ("node", &instance.node),
+    ] {
+        if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+            headers.push((concat(&config.headers.prefix, name), v.into_owned()));
+        }
+    }
+    headers
+}
+
+/// Adds or replaces attributes by key, keeping the first position of each key.
+pub fn merge(into: &mut Attributes, from: Attributes) {
+    for (k, v) in from {
+        match into.iter_mut().find(|(key, _)| *key == k) {
+            Some(slot) => slot.1 = v,
+            None => into.push((k, v)),
+        }
+    }
+}
+
+/// The attributes as one JSON object (`kong.ctx.shared.consul_enricher`).
+pub fn to_json_object(attrs: &Attributes) -> String {
+    let mut out = String::with_capacity(64 + attrs.len() * 48);
+    out.push('{');
+    for (n, (k, v)) in attrs.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        json_string(k, &mut out);
+        out.push(':');
+        match v {
+            AttrValue::Str(s) => json_string(s, &mut out),
+            AttrValue::Int(i) => out.push_str(&i.to_string()),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn json_string(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[(c as usize) >> 4]));
+                out.push(char::from(HEX[(c as usize) & 0xf]));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn instance(id: &str, addr: &str, port: u16, version: &str, region: &str) -> Instance {
+        let mut meta = BTreeMap::new();
+        meta.insert("version".to_string(), version.to_string());
+        meta.insert("region".to_string(), region.to_string());
+        Instance {
+            node: format!("node-{id}"),
+            node_address: "10.9.9.9".into(),
+            datacenter: "dc1".into(),
+            service_id: id.into(),
+            service_name: "echo".into(),
+            service_address: addr.into(),
+            service_port: port,
+            tags: vec!["http".into(), "blue".into()],
+            meta,
+            ..Instance::default()
+        }
+    }
+
+    fn header<'a>(e: &'a Enrichment, name: &str) -> Option<&'a str> {
+        e.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn attr<'a>(a: &'a Attributes, name: &str) -> Option<&'a AttrValue> {
+        a.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    fn s(v: &str) -> AttrValue {
+        AttrValue::Str(v.into())
+    }
+
+    #[test]
+    fn one_version_is_a_single_value() {
+        let cfg = Config::default();
+        let inst = [
+            instance("a", "10.0.0.1", 80, "1.0", "eu"),
+            instance("b", "10.0.0.2", 80, "1.0", "eu"),
+        ];
+        let e = for_request(&cfg, "echo", &inst, Lookup::Hit, &[]);
+        assert_eq!(header(&e, "x-consul-service"), Some("echo"));
+        assert_eq!(header(&e, "x-consul-datacenter"), Some("dc1"));
+        assert_eq!(header(&e, "x-consul-meta-version"), Some("1.0"));
+        assert_eq!(header(&e, "x-consul-meta-region"), Some("eu"));
+        assert_eq!(header(&e, "x-consul-instances"), Some("2"));
+        assert_eq!(header(&e, "x-consul-lookup"), Some("hit"));
+        assert_eq!(
+            e.baggage,
+            vec![
+                ("consul.service".to_string(), "echo".to_string()),
+                ("consul.datacenter".to_string(), "dc1".to_string()),
+                ("consul.service.meta.version".to_string(), "1.0".to_string()),
+                ("consul.service.meta.region".to_string(), "eu".to_string()),
+            ]
+        );
+        assert_eq!(attr(&e.attributes, "service.peer.name"), Some(&s("echo")));
+        assert_eq!(
+            attr(&e.attributes, "consul.service.meta.version"),
+            Some(&s("1.0"))
+        );
+    }
+
+    #[test]
+    fn differing_versions_are_the_sorted_set() {
+        let cfg = Config::default();
+        let inst = [
+            instance("a", "10.0.0.1", 80, "2.0", "us"),
+            instance("b", "10.0.0.2", 80, "1.0", "eu"),
+            instance("c", "10.0.0.3", 80, "2.0", "eu"),
+        ];
+        let e = for_request(&cfg, "echo", &inst, Lookup::Stale { refresh: true }, &[]);
+        assert_eq!(header(&e, "x-consul-meta-version"), Some("1.0,2.0"));
+        assert_eq!(header(&e, "x-consul-meta-region"), Some("eu,us"));
+        assert_eq!(header(&e, "x-consul-lookup"), Some("stale"));
+    }
+
+    #[test]
+    fn nothing_usable_adds_only_attributes() {
+        let cfg = Config::default();
+        let read = vec![("ui.component".to_string(), "checkout-form".to_string())];
+        let e = for_request(&cfg, "echo", &[], Lookup::Backoff, &read);
+        assert!(e.headers.is_empty());
+        assert!(e.baggage.is_empty());
+        assert_eq!(attr(&e.attributes, "consul.lookup"), Some(&s("error")));
+        assert_eq!(
+            attr(&e.attributes, "ui.component"),
+            Some(&s("checkout-form"))
+        );
+    }
+
+    #[test]
+    fn prefix_meta_keys_and_baggage_switch_are_honoured() {
+        let mut cfg = Config::default();
+        cfg.headers.prefix = "x-svc-".into();
+        cfg.meta_keys = vec!["region".into(), "absent".into()];
+        cfg.baggage.enabled = false;
+        let inst = [instance("a", "10.0.0.1", 80, "1.0", "eu")];
+        let e = for_request(&cfg, "echo", &inst, Lookup::Miss, &[]);
+        assert_eq!(header(&e, "x-svc-meta-region"), Some("eu"));
+        assert_eq!(header(&e, "x-svc-meta-version"), None);
+        assert_eq!(header(&e, "x-svc-meta-absent"), None);
+        assert!(e.baggage.is_empty());
+        // Attributes carry every meta key regardless of meta_keys.
+        assert_eq!(
+            attr(&e.attributes, "consul.service.meta.version"),
+            Some(&s("1.0"))
+        );
+    }
+
+    #[test]
+    fn hostile_consul_values_never_reach_headers_raw() {
+        let cfg = Config::default();
+        let mut evil = instance(
+            "a\r\nx-injected: 1",
+            "10.0.0.1",
+            80,
+            "1.0\r\nSet-Cookie: x=y",
+            "eu\0",
+        );
+        evil.datacenter = "x".repeat(5000);
+        let e = for_request(&cfg, "echo", &[evil.clone()], Lookup::Hit, &[]);
+        for (n, v) in e.headers.iter().chain(e.baggage.iter()) {
+            assert!(v.bytes().all(|b| b >= 0x20 && b != 0x7f), "{n}: {v:?}");
+            assert!(v.len() <= MAX_VALUE_LEN);
+        }
+        let attrs = for_instance(Some(&evil), Some("10.0.0.1:80"));
+        for (_, v) in &attrs {
+            if let AttrValue::Str(v) = v {
+                assert!(!v.contains('\r') && !v.contains('\n') && !v.contains('\0'));
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_address_picks_the_instance() {
+        let inst = [
+            instance("a", "10.0.0.1", 8080, "1.0", "eu"),
+            instance("b", "10.0.0.2", 8080, "2.0", "us"),
+            instance("c", "", 9090, "3.0", "ap"),
+        ];
+        assert_eq!(
+            match_instance(&inst, "10.0.0.2:8080").map(|i| i.service_id.as_str()),
+            Some("b")
+        );
+        assert_eq!(
+            match_instance(&inst, "10.9.9.9:9090").map(|i| i.service_id.as_str()),
+            Some("c")
+        );
+        assert_eq!(match_instance(&inst, "10.0.0.2:9999"), None);
+        assert_eq!(match_instance(&inst, "garbage"), None);
+        assert_eq!(match_instance(&inst, ""), None);
+        let v6 = [instance("d", "::1", 80, "1", "x")];
+        assert_eq!(
+            match_instance(&v6, "[::1]:80").map(|i| i.service_id.as_str()),
+            Some("d")
+        );
+    }
+
+    #[test]
+    fn instance_attributes() {
+        let i = instance("b", "10.0.0.2", 8080, "2.0", "us");
+        let a = for_instance(Some(&i), Some("10.0.0.2:8080"));
+        assert_eq!(attr(&a, "server.address"), Some(&s("10.0.0.2")));
+        assert_eq!(attr(&a, "server.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(attr(&a, "network.peer.address"), Some(&s("10.0.0.2")));
+        assert_eq!(attr(&a, "network.peer.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(attr(&a, "consul.service.id"), Some(&s("b")));
+        assert_eq!(attr(&a, "consul.node"), Some(&s("node-b")));
+        assert_eq!(attr(&a, "consul.datacenter"), Some(&s("dc1")));
+        assert_eq!(attr(&a, "consul.service.tags"), Some(&s("http,blue")));
+        assert_eq!(attr(&a, "consul.service.meta.version"), Some(&s("2.0")));
+        assert_eq!(attr(&a, "consul.service.meta.region"), Some(&s("us")));
+        let unmatched = for_instance(None, Some("10.1.1.1:1"));
+        assert_eq!(unmatched.len(), 2);
+        assert!(for_instance(None, None).is_empty());
+    }
+
+    #[test]
+    fn merge_replaces_by_key() {
+        let mut a = vec![("x".to_string(), s("1")), ("y".to_string(), s("2"))];
+        merge(
+            &mut a,
+            vec![
+                ("y".to_string(), s("3")),
+                ("z".to_string(), AttrValue::Int(4)),
+            ],
+        );
+        assert_eq!(
+            a,
+            vec![
+                ("x".to_string(), s("1")),
+                ("y".to_string(), s("3")),
+                ("z".to_string(), AttrValue::Int(4))
+            ]
+        );
+    }
+
+    #[test]
+    fn json_object_escapes() {
+        let a = vec![
+            ("a\"b".to_string(), s("line\nbreak\\")),
+            ("n".to_string(), AttrValue::Int(-5)),
+        ];
+        assert_eq!(to_json_object(&a), r#"{"a\"b":"line\u000abreak\\","n":-5}"#);
+        assert_eq!(to_json_object(&Vec::new()), "{}");
+    }
+
+    #[test]
+    fn instance_headers_are_sanitised() {
+        let cfg = Config::default();
+        let i = instance("id\r\n1", "10.0.0.1", 80, "1", "x");
+        let h = instance_headers(&cfg, &i);
+        assert_eq!(h[0].0, "x-consul-instance-id");
+        assert!(!h[0].1.contains('\r'));
+        assert_eq!(h[1].0, "x-consul-node");
+        assert!(h[1].1.starts_with("node-id") && !h[1].1.contains('\n'));
+    }
+}

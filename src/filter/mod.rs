@@ -1,0 +1,145 @@
+//! The Proxy-Wasm layer: moves data between the host and the host-independent modules.
+//!
+//! One root context per worker (VM) parses the configuration and owns a [`Shared`] state
+//! that every HTTP context of that worker holds through an `Rc`: the configuration, the
+//! metrics, the requests waiting for Consul, and the span queue.
+
+mod host;
+mod http;
+mod lookup;
+mod root;
+mod spans;
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+
+use proxy_wasm::types::LogLevel;
+
+use crate::cache::{Entry, Lookup};
+use crate::config::Config;
+use crate::enrich::Attributes;
+use crate::service_name::ServiceTarget;
+use crate::span::{SpanIds, SpanRecord};
+use crate::trace_context::TraceParent;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
+}}
+
+/// Counters, defined once per worker in `on_configure`. `None` where the host refused
+/// the definition: the filter still works, it just cannot count.
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: Option<u32>,
+    pub enriched: Option<u32>,
+    pub cache_hits: Option<u32>,
+    pub cache_misses: Option<u32>,
+    pub cache_stale: Option<u32>,
+    pub consul_calls: Option<u32>,
+    pub consul_errors: Option<u32>,
+    pub consul_timeouts: Option<u32>,
+    pub coalesced_waiters: Option<u32>,
+    pub invalid_traceparent: Option<u32>,
+    pub invalid_baggage: Option<u32>,
+    pub spans_exported: Option<u32>,
+    pub spans_dropped: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let c = |name| host::define_counter(name);
+        Metrics {
+            requests: c("consul_enricher_requests_total"),
+            enriched: c("consul_enricher_enriched_total"),
+            cache_hits: c("consul_enricher_cache_hits_total"),
+            cache_misses: c("consul_enricher_cache_misses_total"),
+            cache_stale: c("consul_enricher_cache_stale_total"),
+            consul_calls: c("consul_enricher_consul_calls_total"),
+            consul_errors: c("consul_enricher_consul_errors_total"),
+            consul_timeouts: c("consul_enricher_consul_timeouts_total"),
+            coalesced_waiters: c("consul_enricher_coalesced_waiters_total"),
+            invalid_traceparent: c("consul_enricher_invalid_traceparent_total"),
+            invalid_baggage: c("consul_enricher_invalid_baggage_total"),
+            spans_exported: c("consul_enricher_spans_exported_total"),
+            spans_dropped: c("consul_enricher_spans_dropped_total"),
+        }
+    }
+}
+
+/// What the filter knows about one request between its callbacks.
+pub struct RequestState {
+    pub target: Option<ServiceTarget>,
+    pub trace: Option<TraceParent>,
+    /// Our span id when this request is traced by the filter's own span.
+    pub span_id: Option<[u8; 8]>,
+    pub start_nanos: u64,
+    /// The caller's baggage when it was valid (ours is appended to it).
+    pub baggage: Option<String>,
+    /// False when the caller's baggage was malformed: it then passes through untouched.
+    pub baggage_valid: bool,
+    pub read_baggage: Vec<(String, String)>,
+    pub lookup_started_ms: u64,
+    pub entry: Option<Rc<Entry>>,
+    pub attributes: Attributes,
+    /// Service-level headers repeated on the response (`headers.response`).
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// A Consul lookup this worker is waiting for, with the requests paused on it.
+pub struct Pending {
+    pub waiters: Vec<u32>,
+    /// Give up on the lookup (fail open) at this time.
+    pub deadline_ms: u64,
+    /// True when this worker made the call; false when another worker holds the lease and
+    /// this one polls shared data for the answer.
+    pub own_call: bool,
+}
+
+/// Why a dispatched call was made.
+pub enum Call {
+    Catalog { service: String },
+    SpanExport { spans: u64 },
+}
+
+/// The decoded entry of a service with the shared-data CAS it was read at, so that an
+/// unchanged value is not decoded again.
+pub struct Memo {
+    pub cas: Option<u32>,
+    pub entry: Rc<Entry>,
+}
+
+pub struct WorkerState {
+    pub requests: HashMap<u32, RequestState>,
+    pub pending: HashMap<String, Pending>,
+    pub calls: HashMap<u32, Call>,
+    pub refresh_wanted: BTreeSet<String>,
+    pub memo: HashMap<String, Memo>,
+    pub spans: VecDeque<SpanRecord>,
+    pub span_ids: SpanIds,
+    pub last_flush_ms: u64,
+    pub exports_in_flight: u32,
+    /// Malformed inputs seen, to log the 1st, 2nd, 4th, 8th... only.
+    pub invalid_inputs: u64,
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub state: RefCell<WorkerState>,
+}
+
+/// How often a worker's tick runs: it polls for answers other workers fetched, enforces
+/// deadlines, starts background refreshes and flushes spans.
+pub const TICK_MS: u64 = 50;
+
+impl Lookup {
+    fn metric(self, m: &Metrics) -> Option<u32> {
+        match self {
+            Lookup::Hit | Lookup::Negative => m.cache_hits,
+            Lookup::Stale { .. } => m.cache_stale,
+            Lookup::Miss | Lookup::Backoff => m.cache_misses,
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The root context: configuration, metrics, and the per-worker tick.
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+
+use super::host;
+use super::http::Http;
+use super::{Metrics, Shared, WorkerState, TICK_MS};
+use crate::config::Config;
+use crate::span::SpanIds;
+
+pub struct Root {
+    id: u32,
+    shared: Option<Rc<Shared>>,
+}
+
+impl Root {
+    pub fn new(id: u32) -> Root {
+        Root { id, shared: None }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        if let Some(shared) = &self.shared {
+            shared.on_call_response(self.id, token, num_headers, body_size);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::from_json(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("consul-enricher: {e}");
+                return false;
+            }
+        };
+        // Any seed works for span ids as long as workers differ: std's RandomState is
+        // seeded from the host's randomness.
+        let seed = RandomState::new().hash_one(host::now_nanos());
+        let shared = Shared {
+            config,
+            metrics: Metrics::define(),
+            state: RefCell::new(WorkerState {
+                requests: HashMap::new(),
+                pending: HashMap::new(),
+                calls: HashMap::new(),
+                refresh_wanted: BTreeSet::new(),
+                memo: HashMap::new(),
+                spans: VecDeque::new(),
+                span_ids: SpanIds::new(seed),
+                last_flush_ms: host::now_ms(),
+                exports_in_flight: 0,
+                invalid_inputs: 0,
+            }),
+        };
+        if hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_err() {
+            log::warn!("consul-enricher: no tick: background refresh and span export are off");
+        }
+        log::info!(
+            "consul-enricher: configured (host {}, Consul at {})",
+            match shared.config.host {
+                crate::config::HostKind::Kong => "kong",
+                crate::config::HostKind::Envoy => "envoy",
+            },
+            shared.config.consul.upstream
+        );
+        self.shared = Some(Rc::new(shared));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.poll_pending(self.id);
+            shared.refresh_stale();
+            shared.flush_spans();
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(context_id, self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,108 @@
+//! The filter's own spans: queued per worker, exported in batches from the tick.
+
+use proxy_wasm::types::MapType;
+
+use super::host;
+use super::{Call, RequestState, Shared};
+use crate::span::{encode_export, SpanRecord};
+
+/// Export calls in flight per worker; more spans wait in the queue.
+const MAX_EXPORTS_IN_FLIGHT: u32 = 2;
+
+impl Shared {
+    /// Queues the span of a finished request, when it has one.
+    pub fn finish_span(&self, req: &RequestState) {
+        let (Some(trace), Some(span_id)) = (&req.trace, req.span_id) else {
+            return;
+        };
+        let name = match &req.target {
+            Some(t) => {
+                let mut n = String::from("consul-enricher ");
+                n.push_str(&t.name);
+                n
+            }
+            None => String::from("consul-enricher"),
+        };
+        let record = SpanRecord {
+            trace_id: trace.trace_id,
+            span_id,
+            parent_span_id: trace.parent_id,
+            name,
+            start_unix_nanos: req.start_nanos,
+            end_unix_nanos: host::now_nanos(),
+            attributes: req.attributes.clone(),
+        };
+        let mut state = self.state.borrow_mut();
+        if state.spans.len() >= self.config.spans.max_queue as usize {
+            host::increment(self.metrics.spans_dropped, 1);
+        } else {
+            state.spans.push_back(record);
+        }
+    }
+
+    /// From the tick (so the answer comes back to the root context, which outlives
+    /// requests): sends one batch when it is full or the flush period has passed.
+    pub fn flush_spans(&self) {
+        let sp = &self.config.spans;
+        if !sp.enabled {
+            return;
+        }
+        let now = host::now_ms();
+        let batch: Vec<SpanRecord> = {
+            let mut state = self.state.borrow_mut();
+            let due = now.saturating_sub(state.last_flush_ms) >= u64::from(sp.flush_ms);
+            let full = state.spans.len() >= sp.batch_size as usize;
+            if state.spans.is_empty()
+                || state.exports_in_flight >= MAX_EXPORTS_IN_FLIGHT
+                || !(full || due)
+            {
+                return;
+            }
+            state.last_flush_ms = now;
+            let n = state.spans.len().min(sp.batch_size as usize);
+            state.spans.drain(..n).collect()
+        };
+        let count = batch.len() as u64;
+        let body = encode_export(&sp.service_name, &batch);
+        let headers = vec![
+            (":method", "POST"),
+            (":path", sp.path.as_str()),
+            (":authority", sp.authority.as_str()),
+            (":scheme", "http"),
+            ("content-type", "application/json"),
+        ];
+        match host::dispatch(&sp.upstream, headers, Some(body.as_bytes()), 5_000) {
+            Ok(token) => {
+                let mut state = self.state.borrow_mut();
+                state.exports_in_flight += 1;
+                state.calls.insert(token, Call::SpanExport { spans: count });
+            }
+            Err(status) => {
+                log::warn!(
+                    "consul-enricher: cannot export spans to {}: {status:?}",
+                    sp.upstream
+                );
+                host::increment(self.metrics.spans_dropped, count);
+            }
+        }
+    }
+
+    pub fn on_export_response(&self, spans: u64) {
+        {
+            let mut state = self.state.borrow_mut();
+            state.exports_in_flight = state.exports_in_flight.saturating_sub(1);
+        }
+        let status = host::header(MapType::HttpCallResponseHeaders, ":status");
+        let ok = host::header(MapType::HttpCallResponseHeaders, ":dispatch_status").is_none()
+            && status.as_deref().is_some_and(|s| s.starts_with('2'));
+        if ok {
+            host::increment(self.metrics.spans_exported, spans);
+        } else {
+            log::warn!(
+                "consul-enricher: span export failed (status {}); {spans} spans dropped",
+                status.as_deref().unwrap_or("none")
+            );
+            host::increment(self.metrics.spans_dropped, spans);
+        }
+    }
+}
