@@ -4,10 +4,8 @@
 //! holds the last good answer (or "unknown to Consul", or "failed") and when to stop
 //! trusting it; all workers read and write the same entry.
 
-use std::collections::BTreeMap;
-
 use crate::config::CacheConfig;
-use crate::consul::{Instance, MAX_MAP_ENTRIES, MAX_VALUE_LEN};
+use crate::consul::{Instance, StringMap, MAX_MAP_ENTRIES, MAX_VALUE_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryStatus {
@@ -259,9 +257,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_map(out: &mut Vec<u8>, map: &BTreeMap<String, String>) {
+fn put_map(out: &mut Vec<u8>, map: &StringMap) {
     put_varint(out, map.len() as u64);
-    for (k, v) in map {
+    for (k, v) in map.iter() {
         put_str(out, k);
         put_str(out, v);
     }
@@ -313,13 +311,16 @@ impl Reader<'_> {
             .map_err(|_| DecodeError)
     }
 
-    fn map(&mut self) -> Result<BTreeMap<String, String>, DecodeError> {
+    fn map(&mut self) -> Result<StringMap, DecodeError> {
         let n = self.count(MAX_MAP_ENTRIES)?;
-        let mut map = BTreeMap::new();
+        let mut map = StringMap::default();
         for _ in 0..n {
             let k = self.string()?;
             let v = self.string()?;
-            map.insert(k, v);
+            map.insert_if_absent(k, v);
+        }
+        if map.len() != n {
+            return Err(DecodeError);
         }
         Ok(map)
     }
@@ -356,11 +357,11 @@ mod tests {
     }
 
     fn instance(id: &str) -> Instance {
-        let mut meta = BTreeMap::new();
-        meta.insert("version".to_string(), "1.2.3".to_string());
-        meta.insert("region".to_string(), "eu-west-1".to_string());
-        let mut node_meta = BTreeMap::new();
-        node_meta.insert("rack".to_string(), "r1".to_string());
+        let mut meta = StringMap::default();
+        meta.insert_if_absent("version".to_string(), "1.2.3".to_string());
+        meta.insert_if_absent("region".to_string(), "eu-west-1".to_string());
+        let mut node_meta = StringMap::default();
+        node_meta.insert_if_absent("rack".to_string(), "r1".to_string());
         Instance {
             node: "node-1".into(),
             node_address: "10.0.0.1".into(),

@@ -4,16 +4,48 @@
 //! Consul's answer is untrusted input: unknown fields are ignored, maps and lists may be
 //! `null`, and sizes are bounded so a huge registration cannot blow up the cache.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
 use crate::config::ConsulConfig;
+use crate::json::{self, Json};
 
 /// Longest string kept from Consul (ids, addresses, meta values); longer ones are cut.
 pub const MAX_VALUE_LEN: usize = 256;
 /// Most meta entries and tags kept per instance.
 pub const MAX_MAP_ENTRIES: usize = 32;
+
+/// A small string map kept sorted by key: Consul meta maps hold a handful of entries, and
+/// a sorted vector is far smaller in the `.wasm` than a tree or hash map.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StringMap(Vec<(String, String)>);
+
+impl StringMap {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Adds `key` unless present (the first value wins, as Consul's JSON decoder does not
+    /// promise anything for duplicates).
+    pub fn insert_if_absent(&mut self, key: String, value: String) {
+        if let Err(at) = self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            self.0.insert(at, (key, value));
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// One instance of a service, as the filter keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -21,13 +53,13 @@ pub struct Instance {
     pub node: String,
     pub node_address: String,
     pub datacenter: String,
-    pub node_meta: BTreeMap<String, String>,
+    pub node_meta: StringMap,
     pub service_id: String,
     pub service_name: String,
     pub service_address: String,
     pub service_port: u16,
     pub tags: Vec<String>,
-    pub meta: BTreeMap<String, String>,
+    pub meta: StringMap,
     pub modify_index: u64,
 }
 
@@ -73,32 +105,6 @@ impl CatalogError {
     }
 }
 
-#[derive(Deserialize)]
-struct RawInstance {
-    #[serde(rename = "Node", default)]
-    node: Option<String>,
-    #[serde(rename = "Address", default)]
-    address: Option<String>,
-    #[serde(rename = "Datacenter", default)]
-    datacenter: Option<String>,
-    #[serde(rename = "NodeMeta", default)]
-    node_meta: Option<BTreeMap<String, String>>,
-    #[serde(rename = "ServiceID", default)]
-    service_id: Option<String>,
-    #[serde(rename = "ServiceName", default)]
-    service_name: Option<String>,
-    #[serde(rename = "ServiceAddress", default)]
-    service_address: Option<String>,
-    #[serde(rename = "ServicePort", default)]
-    service_port: Option<u16>,
-    #[serde(rename = "ServiceTags", default)]
-    service_tags: Option<Vec<String>>,
-    #[serde(rename = "ServiceMeta", default)]
-    service_meta: Option<BTreeMap<String, String>>,
-    #[serde(rename = "ModifyIndex", default)]
-    modify_index: Option<u64>,
-}
-
 fn bounded(mut s: String) -> String {
     if s.len() > MAX_VALUE_LEN {
         let mut cut = MAX_VALUE_LEN;
@@ -110,36 +116,74 @@ fn bounded(mut s: String) -> String {
     s
 }
 
-fn bounded_map(map: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    map.unwrap_or_default()
-        .into_iter()
-        .take(MAX_MAP_ENTRIES)
-        .map(|(k, v)| (bounded(k), bounded(v)))
-        .collect()
+/// A string field: absent and `null` read as empty; any other type is not Consul's answer.
+fn text(v: &Json) -> Result<String, CatalogError> {
+    match v {
+        Json::Null => Ok(String::new()),
+        Json::String(s) => Ok(bounded(s.clone())),
+        _ => Err(CatalogError::InvalidJson),
+    }
 }
 
-impl From<RawInstance> for Instance {
-    fn from(raw: RawInstance) -> Self {
-        Instance {
-            node: bounded(raw.node.unwrap_or_default()),
-            node_address: bounded(raw.address.unwrap_or_default()),
-            datacenter: bounded(raw.datacenter.unwrap_or_default()),
-            node_meta: bounded_map(raw.node_meta),
-            service_id: bounded(raw.service_id.unwrap_or_default()),
-            service_name: bounded(raw.service_name.unwrap_or_default()),
-            service_address: bounded(raw.service_address.unwrap_or_default()),
-            service_port: raw.service_port.unwrap_or_default(),
-            tags: raw
-                .service_tags
-                .unwrap_or_default()
-                .into_iter()
-                .take(MAX_MAP_ENTRIES)
-                .map(bounded)
-                .collect(),
-            meta: bounded_map(raw.service_meta),
-            modify_index: raw.modify_index.unwrap_or_default(),
+/// A string map (`ServiceMeta`, `NodeMeta`): `null` reads as empty, at most
+/// `MAX_MAP_ENTRIES` entries are kept, the first of duplicate keys wins.
+fn string_map(v: &Json) -> Result<StringMap, CatalogError> {
+    let mut map = StringMap::default();
+    match v {
+        Json::Null => {}
+        Json::Object(items) => {
+            for (k, v) in items {
+                if map.len() == MAX_MAP_ENTRIES {
+                    break;
+                }
+                map.insert_if_absent(bounded(k.clone()), text(v)?);
+            }
+        }
+        _ => return Err(CatalogError::InvalidJson),
+    }
+    Ok(map)
+}
+
+fn instance(v: &Json) -> Result<Instance, CatalogError> {
+    let Json::Object(fields) = v else {
+        return Err(CatalogError::InvalidJson);
+    };
+    let mut i = Instance::default();
+    for (name, value) in fields {
+        match name.as_str() {
+            "Node" => i.node = text(value)?,
+            "Address" => i.node_address = text(value)?,
+            "Datacenter" => i.datacenter = text(value)?,
+            "NodeMeta" => i.node_meta = string_map(value)?,
+            "ServiceID" => i.service_id = text(value)?,
+            "ServiceName" => i.service_name = text(value)?,
+            "ServiceAddress" => i.service_address = text(value)?,
+            "ServicePort" => {
+                i.service_port = match value {
+                    Json::Null => 0,
+                    v => v
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .ok_or(CatalogError::InvalidJson)?,
+                }
+            }
+            "ServiceTags" => {
+                i.tags = match value {
+                    Json::Null => Vec::new(),
+                    Json::Array(tags) => tags
+                        .iter()
+                        .take(MAX_MAP_ENTRIES)
+                        .map(text)
+                        .collect::<Result<_, _>>()?,
+                    _ => return Err(CatalogError::InvalidJson),
+                }
+            }
+            "ServiceMeta" => i.meta = string_map(value)?,
+            "ModifyIndex" => i.modify_index = value.as_u64().unwrap_or(0),
+            _ => {}
         }
     }
+    Ok(i)
 }
 
 /// A usable catalog answer.
@@ -179,11 +223,17 @@ pub fn parse_catalog(
     if body_size > config.max_body_bytes as usize || body.len() > config.max_body_bytes as usize {
         return Err(CatalogError::TooLarge);
     }
-    let raw: Vec<RawInstance> =
-        serde_json::from_slice(body).map_err(|_| CatalogError::InvalidJson)?;
+    let doc = json::parse(body).map_err(|_| CatalogError::InvalidJson)?;
+    let Json::Array(items) = doc else {
+        return Err(CatalogError::InvalidJson);
+    };
     let max = config.max_instances as usize;
-    let dropped = raw.len().saturating_sub(max);
-    let instances = raw.into_iter().take(max).map(Instance::from).collect();
+    let dropped = items.len().saturating_sub(max);
+    let instances = items
+        .iter()
+        .take(max)
+        .map(instance)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Catalog {
         instances,
         index: consul_index
@@ -289,13 +339,13 @@ mod tests {
         assert_eq!(i.node, "foobar");
         assert_eq!(i.node_address, "192.168.10.10");
         assert_eq!(i.datacenter, "dc1");
-        assert_eq!(i.node_meta["somekey"], "somevalue");
+        assert_eq!(i.node_meta.get("somekey"), Some("somevalue"));
         assert_eq!(i.service_id, "32a2a47f7992:nodea:5000");
         assert_eq!(i.service_name, "foobar");
         assert_eq!(i.address(), "172.17.0.3");
         assert_eq!(i.service_port, 5000);
         assert_eq!(i.tags, vec!["tacos"]);
-        assert_eq!(i.meta["foobar_meta_value"], "baz");
+        assert_eq!(i.meta.get("foobar_meta_value"), Some("baz"));
         assert_eq!(i.modify_index, 51);
     }
 

@@ -5,8 +5,6 @@
 //! Everything that came from Consul is untrusted: it passes through
 //! [`header_value::sanitize`] before it reaches a header, a baggage member or an attribute.
 
-use std::collections::BTreeSet;
-
 use crate::cache::Lookup;
 use crate::config::Config;
 use crate::consul::Instance;
@@ -53,11 +51,13 @@ fn value_set<'a>(
     instances: &'a [Instance],
     field: impl Fn(&'a Instance) -> Option<&'a str>,
 ) -> Option<String> {
-    let set: BTreeSet<&str> = instances
+    let mut set: Vec<&str> = instances
         .iter()
         .filter_map(field)
         .filter(|v| !v.is_empty())
         .collect();
+    set.sort_unstable();
+    set.dedup();
     if set.is_empty() {
         return None;
     }
@@ -108,9 +108,7 @@ pub fn for_request(
     let meta_sets: Vec<(&str, String)> = config
         .meta_keys
         .iter()
-        .filter_map(|k| {
-            value_set(instances, |i| i.meta.get(k).map(String::as_str)).map(|v| (k.as_str(), v))
-        })
+        .filter_map(|k| value_set(instances, |i| i.meta.get(k)).map(|v| (k.as_str(), v)))
         .collect();
     for (k, v) in &meta_sets {
         header(&concat("meta-", k), v);
@@ -136,9 +134,14 @@ pub fn for_request(
     if let Some(dc) = &datacenters {
         str_attr(&mut e.attributes, "consul.datacenter", dc);
     }
-    let all_keys: BTreeSet<&String> = instances.iter().flat_map(|i| i.meta.keys()).collect();
+    let mut all_keys: Vec<&str> = instances
+        .iter()
+        .flat_map(|i| i.meta.iter().map(|(k, _)| k))
+        .collect();
+    all_keys.sort_unstable();
+    all_keys.dedup();
     for k in all_keys.into_iter().take(MAX_META_ATTRIBUTES) {
-        if let Some(v) = value_set(instances, |i| i.meta.get(k).map(String::as_str)) {
+        if let Some(v) = value_set(instances, |i| i.meta.get(k)) {
             str_attr(&mut e.attributes, &concat("consul.service.meta.", k), &v);
         }
     }
@@ -267,14 +270,14 @@ pub fn json_string(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::consul::StringMap;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn instance(id: &str, addr: &str, port: u16, version: &str, region: &str) -> Instance {
-        let mut meta = BTreeMap::new();
-        meta.insert("version".to_string(), version.to_string());
-        meta.insert("region".to_string(), region.to_string());
+        let mut meta = StringMap::default();
+        meta.insert_if_absent("version".to_string(), version.to_string());
+        meta.insert_if_absent("region".to_string(), region.to_string());
         Instance {
             node: format!("node-{id}"),
             node_address: "10.9.9.9".into(),

@@ -98,3 +98,21 @@ pub fn call_response_body(size: usize) -> Bytes {
         .flatten()
         .unwrap_or_default()
 }
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+}
+
+/// Randomness from the host (WASI `random_get`), for span ids that differ across workers;
+/// 0 if the host has none.
+pub fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    // SAFETY: the host writes exactly `buf.len()` bytes into the buffer we own.
+    let errno = unsafe { random_get(buf.as_mut_ptr(), buf.len()) };
+    if errno == 0 {
+        u64::from_le_bytes(buf)
+    } else {
+        0
+    }
+}

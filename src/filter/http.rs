@@ -177,7 +177,10 @@ impl HttpContext for Http {
             }
             Lookup::Stale { refresh } => {
                 if refresh {
-                    shared.state.borrow_mut().refresh_wanted.insert(name);
+                    let mut state = shared.state.borrow_mut();
+                    if !state.refresh_wanted.contains(&name) {
+                        state.refresh_wanted.push(name);
+                    }
                 }
                 shared.apply(self.id, entry, lookup);
             }

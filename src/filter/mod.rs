@@ -11,7 +11,9 @@ mod root;
 mod spans;
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 use std::rc::Rc;
 
 use proxy_wasm::types::LogLevel;
@@ -114,7 +116,8 @@ pub struct WorkerState {
     pub requests: HashMap<u32, RequestState>,
     pub pending: HashMap<String, Pending>,
     pub calls: HashMap<u32, Call>,
-    pub refresh_wanted: BTreeSet<String>,
+    /// Services seen stale since the last tick (few; kept without duplicates).
+    pub refresh_wanted: Vec<String>,
     pub memo: HashMap<String, Memo>,
     pub spans: VecDeque<SpanRecord>,
     pub span_ids: SpanIds,

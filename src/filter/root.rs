@@ -1,9 +1,9 @@
 //! The root context: configuration, metrics, and the per-worker tick.
 
 use std::cell::RefCell;
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -55,9 +55,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // Any seed works for span ids as long as workers differ: std's RandomState is
-        // seeded from the host's randomness.
-        let seed = RandomState::new().hash_one(host::now_nanos());
+        let seed = host::random_u64() ^ host::now_nanos();
         let shared = Shared {
             config,
             metrics: Metrics::define(),
@@ -65,7 +63,7 @@ impl RootContext for Root {
                 requests: HashMap::new(),
                 pending: HashMap::new(),
                 calls: HashMap::new(),
-                refresh_wanted: BTreeSet::new(),
+                refresh_wanted: Vec::new(),
                 memo: HashMap::new(),
                 spans: VecDeque::new(),
                 span_ids: SpanIds::new(seed),
