@@ -3,11 +3,22 @@
 //! API ([`otlp`]). Each listens on 127.0.0.1, runs on its own thread and stops when dropped.
 
 pub mod consul;
+mod fault;
+pub mod otlp;
 mod server;
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 pub use consul::{
-    closed_port_addr, ConsulOptions, ConsulStandin, Fault, HttpCheck, Instance, RecordedRequest,
+    closed_port_addr, ConsulOptions, ConsulStandin, HttpCheck, Instance, RecordedRequest,
 };
+pub use fault::Fault;
+pub use otlp::{AttributeValue, Encoding, ExportAttempt, OtlpStandin, StoredSpan};
+
+/// The stand-ins' state stays usable after a panicking test thread.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Blocks until the process gets SIGTERM or SIGINT (for the stand-in binaries).
 pub fn wait_for_termination() -> std::io::Result<()> {

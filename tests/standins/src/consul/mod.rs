@@ -30,18 +30,20 @@ mod filter;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::fault::{self, Fault, FaultPlan};
+use crate::lock;
 use crate::server::{self, read_body, response, text, Handler, LoopbackServer, Reply, ReplyFuture};
 
 /// The first index of a fresh catalog; Consul's indexes are never 0.
@@ -166,24 +168,6 @@ impl Instance {
     }
 }
 
-/// A misbehaviour applied to every request while it is set.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Fault {
-    #[default]
-    None,
-    /// Answer normally, this much later.
-    Delay(Duration),
-    /// Answer with this status and `text/plain` body; a 429 also carries `Retry-After: 1`.
-    Status(u16, String),
-    /// `200` with a JSON content type and a truncated JSON body.
-    InvalidJson,
-    /// `200` with a valid catalog answer of exactly this many bytes (when that is more than
-    /// one entry needs), padded inside `ServiceMeta`.
-    Oversized(usize),
-    /// Close the connection with a TCP reset, without answering.
-    Reset,
-}
-
 /// One request as the stand-in received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedRequest {
@@ -298,18 +282,12 @@ impl ConsulStandin {
 
     /// Applies `fault` to every request from now on.
     pub fn set_fault(&self, fault: Fault) {
-        *lock(&self.state.fault) = FaultPlan {
-            fault,
-            remaining: None,
-        };
+        *lock(&self.state.fault) = FaultPlan::always(fault);
     }
 
     /// Applies `fault` to the next `count` requests, then behaves again.
     pub fn set_fault_for_next(&self, count: u32, fault: Fault) {
-        *lock(&self.state.fault) = FaultPlan {
-            fault,
-            remaining: Some(count),
-        };
+        *lock(&self.state.fault) = FaultPlan::next(count, fault);
     }
 
     /// How many requests arrived whose path starts with `path_prefix`.
@@ -329,26 +307,6 @@ impl ConsulStandin {
 /// An address on which nothing listens, for "Consul is down" cases.
 pub fn closed_port_addr() -> SocketAddr {
     server::closed_port_addr()
-}
-
-#[derive(Debug, Default)]
-struct FaultPlan {
-    fault: Fault,
-    /// `None`: until changed.
-    remaining: Option<u32>,
-}
-
-impl FaultPlan {
-    fn take(&mut self) -> Fault {
-        match &mut self.remaining {
-            None => self.fault.clone(),
-            Some(0) => Fault::None,
-            Some(remaining) => {
-                *remaining -= 1;
-                self.fault.clone()
-            }
-        }
-    }
 }
 
 /// A catalog row: the instance plus what Consul derives for it.
@@ -398,11 +356,6 @@ struct ConsulState {
     changes: watch::Sender<u64>,
     fault: Mutex<FaultPlan>,
     log: Mutex<Vec<RecordedRequest>>,
-}
-
-/// The stand-in's own state stays usable after a panicking test thread.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ConsulState {
@@ -551,7 +504,9 @@ impl Handler for ConsulState {
                 Fault::None => {}
                 Fault::Delay(delay) => tokio::time::sleep(delay).await,
                 Fault::Reset => return Reply::Reset,
-                Fault::Status(code, body) => return Reply::Respond(status_fault(code, body)),
+                Fault::Status(code, body) => {
+                    return Reply::Respond(fault::status_reply(code, body))
+                }
                 Fault::InvalidJson => {
                     let mut reply = response(StatusCode::OK, "application/json", "[{\"ID\": \"");
                     self.add_query_meta(&mut reply, lock(&self.catalog).index, "leader");
@@ -564,17 +519,6 @@ impl Handler for ConsulState {
             Reply::Respond(self.route(request).await)
         })
     }
-}
-
-fn status_fault(code: u16, body: String) -> Response<Full<Bytes>> {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut reply = text(status, body);
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        reply
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    reply
 }
 
 const CATALOG_SERVICE_PREFIX: &str = "/v1/catalog/service/";

@@ -62,20 +62,35 @@ fn into_reply(
     })
 }
 
-/// `GET url` with extra headers; transport errors are returned, statuses are not errors.
-pub fn try_get(url: &str, headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
-    let mut request = agent().get(url);
+/// A bodiless request (`GET`, `OPTIONS`) with extra headers; transport errors are returned,
+/// statuses are not errors.
+pub fn try_call(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
+    let agent = agent();
+    let mut request = match method {
+        "GET" => agent.get(url),
+        "OPTIONS" => agent.options(url),
+        other => panic!("unsupported method {other}"),
+    };
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     into_reply(request.call())
 }
 
+pub fn try_get(url: &str, headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
+    try_call("GET", url, headers)
+}
+
 pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     try_get(url, headers).unwrap_or_else(|error| panic!("GET {url}: {error}"))
 }
 
-pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub fn try_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, ureq::Error> {
     let agent = agent();
     let mut request = match method {
         "PUT" => agent.put(url),
@@ -85,5 +100,9 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> R
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    into_reply(request.send(body)).unwrap_or_else(|error| panic!("{method} {url}: {error}"))
+    into_reply(request.send(body))
+}
+
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    try_send(method, url, headers, body).unwrap_or_else(|error| panic!("{method} {url}: {error}"))
 }
