@@ -11,7 +11,7 @@
 //!   unknown service follows the whole catalog's index.
 //! - `features/consistency`: `stale`, `consistent` (both at once: 400),
 //!   `X-Consul-KnownLeader`, `X-Consul-LastContact`, `X-Consul-Effective-Consistency`.
-//! - `features/filtering` (see [`filter`]).
+//! - `features/filtering` (see the `filter` module).
 //! - The API overview's "Authentication": the token comes from `?token=`, `X-Consul-Token`
 //!   or `Authorization: Bearer`. With ACLs on and `default_policy = "deny"`: an unknown token
 //!   gets `403 ACL not found`; no token is the anonymous token, whose catalog reads are

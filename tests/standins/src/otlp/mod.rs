@@ -4,7 +4,7 @@
 //! Follows:
 //! - OTLP specification (open-telemetry/opentelemetry-proto, docs/specification.md),
 //!   "OTLP/HTTP": `POST /v1/traces` carrying `ExportTraceServiceRequest` as binary protobuf
-//!   (`application/x-protobuf`) or JSON (`application/json`, see [`json`]), optionally
+//!   (`application/x-protobuf`) or JSON (`application/json`, see the `json` module), optionally
 //!   `Content-Encoding: gzip`; the body is limited to 20 MiB after decompression (413
 //!   above); success is `200` with an empty `ExportTraceServiceResponse` in the request's
 //!   encoding; bad data is `400` with a `google.rpc.Status` body in that encoding; an
@@ -13,7 +13,7 @@
 //!   method and headers allowed; `Access-Control-Allow-Origin` echoes the `Origin`, as the
 //!   collector's `cors.allowed_origins: ["*"]` does for browser exporters.
 //! - Jaeger query service HTTP JSON API (as served by Jaeger's UI backend, see
-//!   [`jaeger`]): `GET /api/traces/<trace-id>`, `GET /api/traces?service=<name>`,
+//!   the `jaeger` module): `GET /api/traces/<trace-id>`, `GET /api/traces?service=<name>`,
 //!   `GET /api/services`.
 //!
 //! The stand-in is stricter than a collector in one way, to catch exporter bugs: a span
