@@ -1,8 +1,10 @@
 # consul-enricher: `make demo` runs the demo, `make test` runs everything CI runs.
 
 WASM_TARGET := wasm32-wasip1
-WASM := target/$(WASM_TARGET)/release/consul_enricher.wasm
-BASELINE_WASM := target/$(WASM_TARGET)/release/baseline_filter.wasm
+CARGO_WASM := target/$(WASM_TARGET)/release/consul_enricher.wasm
+# Binaryen's optimiser (from npm) takes about a fifth off what rustc's size profile gives.
+WASM_OPT := npx --yes -p binaryen@132.0.0 wasm-opt
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 
 .PHONY: build test lint unit wasm-unit integration demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
 
@@ -10,7 +12,7 @@ BASELINE_WASM := target/$(WASM_TARGET)/release/baseline_filter.wasm
 build:
 	cargo build --release --target $(WASM_TARGET) -p consul-enricher -p baseline-filter
 	mkdir -p dist
-	cp $(WASM) dist/consul_enricher.wasm
+	$(WASM_OPT) -Oz $(WASM_FEATURES) --strip-debug --strip-producers $(CARGO_WASM) -o dist/consul_enricher.wasm
 	cp kong/consul_enricher.meta.json dist/consul_enricher.meta.json
 	@echo "consul_enricher.wasm: $$(wc -c < dist/consul_enricher.wasm) bytes"
 
