@@ -179,7 +179,7 @@ fn sigterm_deregisters_stops_accepting_and_finishes_the_request_in_flight() {
         .write_all(b"POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n\r\nhello")
         .expect("send the first half");
     // Let the server read the head, so the request is really in flight.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     echo.signal("TERM");
 
     eventually(REGISTER_TIMEOUT, || {
