@@ -6,7 +6,7 @@ CARGO_WASM := target/$(WASM_TARGET)/release/consul_enricher.wasm
 WASM_OPT := npx --yes -p binaryen@132.0.0 wasm-opt
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 
-.PHONY: build test lint unit wasm-unit integration demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
+.PHONY: build test lint unit wasm-unit integration services demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
 
 ## build: the filter (dist/consul_enricher.wasm + its Kong schema) and the baseline fixture
 build:
@@ -17,7 +17,7 @@ build:
 	@echo "consul_enricher.wasm: $$(wc -c < dist/consul_enricher.wasm) bytes"
 
 ## test: everything CI runs
-test: lint unit wasm-unit build integration
+test: lint unit wasm-unit build integration services
 
 lint:
 	cargo fmt --all -- --check
@@ -35,6 +35,10 @@ wasm-unit:
 ## integration: the real .wasm in the wasmtime test host, Kong and Envoy flavours
 integration: build
 	cargo test -p consul-enricher-test-host
+
+## services: echo-service and the stand-ins, against each other over loopback
+services:
+	cargo test -p echo-service -p consul-enricher-standins
 
 clean:
 	cargo clean

@@ -115,6 +115,7 @@ impl Shared {
             token,
             Call::Catalog {
                 service: target.name.clone(),
+                sent_ms: host::now_ms(),
             },
         );
         Ok(token)
@@ -169,8 +170,8 @@ impl Shared {
     pub fn on_call_response(&self, current: u32, token: u32, num_headers: usize, body_size: usize) {
         let call = self.state.borrow_mut().calls.remove(&token);
         match call {
-            Some(Call::Catalog { service }) => {
-                self.on_catalog_response(current, &service, num_headers, body_size)
+            Some(Call::Catalog { service, sent_ms }) => {
+                self.on_catalog_response(current, &service, sent_ms, num_headers, body_size)
             }
             Some(Call::SpanExport { spans }) => self.on_export_response(spans),
             None => log::debug!("consul-enricher: answer to an unknown call {token}"),
@@ -181,6 +182,7 @@ impl Shared {
         &self,
         current: u32,
         service: &str,
+        sent_ms: u64,
         num_headers: usize,
         body_size: usize,
     ) {
@@ -219,7 +221,11 @@ impl Shared {
                 Rc::new(entry)
             }
             Err(err) => {
-                let timed_out = dispatch_status.as_deref() == Some("timeout");
+                // Kong names a timeout in `:dispatch_status`; Envoy reports every failure
+                // alike, so a failure that took the whole timeout counts as one.
+                let timeout_ms = u64::from(self.config.consul.timeout_ms);
+                let timed_out = dispatch_status.as_deref() == Some("timeout")
+                    || (failed && host::now_ms().saturating_sub(sent_ms) >= timeout_ms);
                 if timed_out {
                     host::increment(self.metrics.consul_timeouts, 1);
                 } else {

@@ -101,7 +101,7 @@ pub struct Pending {
 
 /// Why a dispatched call was made.
 pub enum Call {
-    Catalog { service: String },
+    Catalog { service: String, sent_ms: u64 },
     SpanExport { spans: u64 },
 }
 
