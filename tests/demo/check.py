@@ -1,0 +1,303 @@
+"""Checks of the demo stack that need no Docker.
+
+- docker-compose.yml against the Compose Specification's JSON schema (the copy vendored
+  by check-jsonschema, pinned in requirements.txt, from github.com/compose-spec/compose-spec);
+- the consul_enricher configurations inside kong/kong.yml and envoy/envoy.yaml against
+  the filter's Kong schema kong/consul_enricher.meta.json (JSON Schema draft 4);
+- that the three files agree with each other (mounts, DNS, shm_kv zone, clusters,
+  instance addresses);
+- the Kong companion plugin's unit test (LuaJIT with lua-cjson, as in Kong);
+- the web page: `npm ci && npm run build` and its unit test.
+
+Prints one line per check and exits non-zero if any failed.
+Usage: python tests/demo/check.py [--skip-web]
+"""
+
+import argparse
+import importlib.resources
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import jsonschema
+from ruamel.yaml import YAML, YAMLError
+
+ROOT = Path(__file__).resolve().parents[2]
+FILTER_NAME = "consul_enricher"
+WASM_FILE = f"{FILTER_NAME}.wasm"
+COMPANION_PLUGIN = "consul-enricher-span"
+
+
+class Report:
+    def __init__(self):
+        self.failures = 0
+
+    def check(self, name, ok, detail=""):
+        if ok:
+            print(f"ok   {name}")
+        else:
+            self.failures += 1
+            print(f"FAIL {name}" + (f": {detail}" if detail else ""))
+        return ok
+
+    def schema(self, name, validator, instance):
+        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+        detail = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors)
+        return self.check(name, not errors, detail)
+
+
+def load_yaml(path):
+    # The safe loader: plain data, YAML merge keys (`<<`) resolved like Docker Compose does.
+    return YAML(typ="safe", pure=True).load(path.read_text())
+
+
+def schema_default(schema, dotted_key):
+    node = schema
+    for part in dotted_key.split("."):
+        node = node["properties"][part]
+    return node["default"]
+
+
+def config_value(config, schema, dotted_key):
+    """The value of a filter config key, or its default from the schema."""
+    node = config
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return schema_default(schema, dotted_key)
+        node = node[part]
+    return node
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def kong_filter_configs(kong):
+    """(location, config) of every consul_enricher filter in a Kong declarative config."""
+    found = []
+    for service in kong.get("services") or []:
+        for chain_index, chain in enumerate(service.get("filter_chains") or []):
+            for filter_index, entry in enumerate(chain.get("filters") or []):
+                if entry.get("name") == FILTER_NAME:
+                    where = f"services[{service.get('name')}].filter_chains[{chain_index}].filters[{filter_index}].config"
+                    found.append((where, entry.get("config")))
+    return found
+
+
+def envoy_wasm_filters(envoy):
+    """(location, hcm, wasm PluginConfig) for every envoy.filters.http.wasm filter."""
+    found = []
+    for listener in envoy["static_resources"]["listeners"]:
+        for chain_index, chain in enumerate(listener["filter_chains"]):
+            for network_filter in chain["filters"]:
+                hcm = network_filter.get("typed_config", {})
+                for http_filter in hcm.get("http_filters", []):
+                    if http_filter["name"] == "envoy.filters.http.wasm":
+                        where = (
+                            f"static_resources.listeners[{listener['name']}].filter_chains[{chain_index}]"
+                            f".filters[{network_filter['name']}].typed_config.http_filters[envoy.filters.http.wasm]"
+                            ".typed_config.config"
+                        )
+                        found.append((where, hcm, http_filter["typed_config"]["config"]))
+    return found
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_compose(report, compose):
+    spec = importlib.resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    schema = json.loads(spec.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    report.schema("docker-compose.yml is valid against the Compose Specification schema", validator, compose)
+
+
+def mount_target(service, source):
+    for volume in service.get("volumes", []):
+        host, _, rest = volume.partition(":")
+        if host == source:
+            return rest.split(":")[0]
+    return None
+
+
+def check_kong(report, compose, kong, config_schema):
+    validator = jsonschema.Draft4Validator(config_schema)
+    configs = kong_filter_configs(kong)
+    if not report.check("kong/kong.yml has one consul_enricher filter", len(configs) == 1, f"found {len(configs)}"):
+        return
+    where, config = configs[0]
+    report.check(f"kong/kong.yml {where} is a JSON object", isinstance(config, dict), type(config).__name__)
+    report.schema(f"kong/kong.yml {where} is valid against consul_enricher.meta.json", validator, config)
+    report.check("kong/kong.yml filter config has host \"kong\"", config_value(config, config_schema, "host") == "kong")
+
+    plugins = [plugin["name"] for plugin in kong.get("plugins") or []]
+    report.check(
+        f"kong/kong.yml runs {COMPANION_PLUGIN} and opentelemetry",
+        COMPANION_PLUGIN in plugins and "opentelemetry" in plugins,
+        f"plugins: {plugins}",
+    )
+
+    service = compose["services"]["kong"]
+    env = service["environment"]
+    namespace = config_value(config, config_schema, "cache.shm_namespace")
+    zone_variable = "KONG_NGINX_WASM_SHM_KV_" + namespace.upper()
+    report.check(f"Kong has the shm_kv zone of cache.shm_namespace ({zone_variable})", zone_variable in env)
+    report.check("Kong has Wasm on", env.get("KONG_WASM") == "on", f"KONG_WASM={env.get('KONG_WASM')!r}")
+    report.check(
+        "Kong's KONG_WASM_FILTERS_PATH is ./dist mounted",
+        mount_target(service, "./dist") == env.get("KONG_WASM_FILTERS_PATH"),
+        f"{mount_target(service, './dist')} vs {env.get('KONG_WASM_FILTERS_PATH')}",
+    )
+    report.check(
+        "Kong's KONG_DECLARATIVE_CONFIG is ./kong/kong.yml mounted",
+        mount_target(service, "./kong/kong.yml") == env.get("KONG_DECLARATIVE_CONFIG"),
+    )
+    package_root = env.get("KONG_LUA_PACKAGE_PATH", "").split("?")[0].rstrip("/")
+    report.check(
+        "Kong's KONG_LUA_PACKAGE_PATH finds kong.plugins.consul-enricher-span in ./kong/plugins",
+        mount_target(service, "./kong/plugins") == f"{package_root}/kong/plugins",
+        f"package path root {package_root!r}, mount {mount_target(service, './kong/plugins')!r}",
+    )
+    report.check(
+        f"Kong loads the {COMPANION_PLUGIN} plugin",
+        COMPANION_PLUGIN in env.get("KONG_PLUGINS", "").split(","),
+    )
+    consul_ip = compose["services"]["consul"]["networks"]["demo"]["ipv4_address"]
+    report.check(
+        "Kong's DNS resolver is Consul's DNS",
+        env.get("KONG_DNS_RESOLVER") == f"{consul_ip}:8600",
+        f"{env.get('KONG_DNS_RESOLVER')} vs {consul_ip}:8600",
+    )
+    report.check("Kong's DNS order allows SRV", "SRV" in env.get("KONG_DNS_ORDER", "").split(","))
+
+
+def check_envoy(report, compose, envoy, config_schema):
+    validator = jsonschema.Draft4Validator(config_schema)
+    filters = envoy_wasm_filters(envoy)
+    if not report.check("envoy/envoy.yaml has one Wasm filter", len(filters) == 1, f"found {len(filters)}"):
+        return
+    where, hcm, plugin = filters[0]
+    raw = plugin["configuration"]["value"]
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        report.check(f"envoy/envoy.yaml {where}.configuration.value is JSON", False, str(error))
+        return
+    report.schema(f"envoy/envoy.yaml {where}.configuration.value is valid against consul_enricher.meta.json", validator, config)
+    report.check("envoy/envoy.yaml filter config has host \"envoy\"", config_value(config, config_schema, "host") == "envoy")
+
+    vm = plugin["vm_config"]
+    report.check("Envoy runs the filter on V8", vm.get("runtime") == "envoy.wasm.runtime.v8", vm.get("runtime"))
+    filename = PurePosixPath(vm["code"]["local"]["filename"])
+    service = compose["services"]["envoy"]
+    report.check(
+        f"Envoy loads {WASM_FILE} from ./dist mounted",
+        filename.name == WASM_FILE and mount_target(service, "./dist") == str(filename.parent),
+        f"{filename} vs mount {mount_target(service, './dist')}",
+    )
+    report.check("Envoy's config file is ./envoy/envoy.yaml mounted", mount_target(service, "./envoy/envoy.yaml") is not None)
+
+    clusters = {cluster["name"] for cluster in envoy["static_resources"]["clusters"]}
+    wanted = {"consul.upstream": config_value(config, config_schema, "consul.upstream")}
+    if config_value(config, config_schema, "spans.enabled"):
+        wanted["spans.upstream"] = config_value(config, config_schema, "spans.upstream")
+    for key, cluster in wanted.items():
+        report.check(f"Envoy has the cluster of {key} ({cluster})", cluster in clusters, f"clusters: {sorted(clusters)}")
+    tracer = hcm["tracing"]["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    report.check(f"Envoy has the tracer's cluster ({tracer})", tracer in clusters)
+    routes = [
+        route["route"]["cluster"]
+        for virtual_host in hcm["route_config"]["virtual_hosts"]
+        for route in virtual_host["routes"]
+    ]
+    report.check("Envoy's routes go to defined clusters", all(c in clusters for c in routes), f"routes: {routes}")
+
+    prefix = config_value(config, config_schema, "headers.prefix")
+    headers = [tag["request_header"]["name"] for tag in hcm["tracing"]["custom_tags"] if "request_header" in tag]
+    report.check(
+        f"Envoy's custom_tags read the filter's headers (prefix {prefix})",
+        headers and all(header.startswith(prefix) for header in headers),
+        f"headers: {headers}",
+    )
+
+
+def check_instances(report, compose, envoy):
+    echo = {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("environment", {}).get("SERVICE_NAME") == "echo"
+    }
+    report.check("docker-compose.yml runs two echo instances", len(echo) == 2, f"found {sorted(echo)}")
+    for name, service in sorted(echo.items()):
+        env = service["environment"]
+        ip = service["networks"]["demo"]["ipv4_address"]
+        report.check(
+            f"{name} registers the address it has (SERVICE_ADDRESS {env.get('SERVICE_ADDRESS')})",
+            env.get("SERVICE_ADDRESS") == ip,
+            f"ipv4_address {ip}",
+        )
+    versions = {service["environment"].get("SERVICE_VERSION") for service in echo.values()}
+    regions = {service["environment"].get("SERVICE_REGION") for service in echo.values()}
+    report.check("the echo instances differ in version and region", len(versions) == 2 and len(regions) == 2)
+    echo_cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "echo")
+    endpoints = {
+        endpoint["endpoint"]["address"]["socket_address"]["address"]
+        for group in echo_cluster["load_assignment"]["endpoints"]
+        for endpoint in group["lb_endpoints"]
+    }
+    report.check("Envoy's echo cluster lists the echo instances", endpoints == set(echo), f"{sorted(endpoints)}")
+
+
+def run(report, name, command, cwd):
+    print(f"---- {name}: {' '.join(command)}", flush=True)
+    result = subprocess.run(command, cwd=cwd)
+    return report.check(name, result.returncode == 0, f"exit status {result.returncode}")
+
+
+def check_companion(report):
+    run(report, "Kong companion plugin unit test (LuaJIT)", ["luajit", "tests/demo/companion_test.lua"], ROOT)
+
+
+def check_web(report):
+    web = ROOT / "web"
+    if run(report, "web: npm ci", ["npm", "ci", "--no-audit", "--no-fund"], web) and run(
+        report, "web: npm run build", ["npm", "run", "build"], web
+    ):
+        bundle = web / "dist" / "app.js"
+        report.check("web/dist/app.js is built", bundle.is_file() and bundle.stat().st_size > 0)
+        html = (web / "dist" / "index.html").read_text()
+        report.check("web/dist/index.html loads app.js", 'src="app.js"' in html)
+    run(report, "web: unit test of the run-time settings", ["node", "--test", "tests/demo/web_config.test.mjs"], ROOT)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-web", action="store_true", help="skip npm ci, the bundle and its test")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+
+    report = Report()
+    try:
+        compose = load_yaml(ROOT / "docker-compose.yml")
+        kong = load_yaml(ROOT / "kong" / "kong.yml")
+        envoy = load_yaml(ROOT / "envoy" / "envoy.yaml")
+        config_schema = json.loads((ROOT / "kong" / "consul_enricher.meta.json").read_text())["config_schema"]
+    except (OSError, ValueError, KeyError, YAMLError) as error:
+        report.check("the demo files can be read", False, f"{type(error).__name__}: {error}")
+        return 1
+
+    check_compose(report, compose)
+    check_kong(report, compose, kong, config_schema)
+    check_envoy(report, compose, envoy, config_schema)
+    check_instances(report, compose, envoy)
+    check_companion(report)
+    if not args.skip_web:
+        check_web(report)
+
+    print(f"demo checks: {report.failures} failed" if report.failures else "demo checks: all passed")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs tests/demo/check.py in a virtualenv with the pinned requirements, after making sure
+# LuaJIT and lua-cjson (the companion plugin's test) are installed.
+# Usage: tests/demo/check.sh [--skip-web]
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+venv="${DEMO_CHECK_VENV:-$root/target/demo-check-venv}"
+
+if ! command -v luajit >/dev/null || ! luajit -e 'require "cjson.safe"' 2>/dev/null; then
+  echo "installing luajit and lua-cjson (Debian packages)"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq luajit lua-cjson >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/demo/requirements.txt"
+exec "$venv/bin/python" "$root/tests/demo/check.py" "$@"
