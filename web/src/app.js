@@ -3,7 +3,8 @@
 //
 // For automated checks the page publishes its progress: <body data-state> is
 // "loading" | "ready" | "pending" | "done" | "error", and window.lastResult holds
-// { traceId, status, body, gateway, error } of the last submit once its spans are exported.
+// { traceId, status, body, gateway, error, traceComplete } of the last submit once its
+// spans are exported (traceComplete: every span had ended before the export).
 
 import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import { readConfig } from './config.js';
@@ -41,13 +42,13 @@ async function postOrder(url, order) {
   return { status: response.status, body };
 }
 
-async function submit(config, provider, tracer, form) {
+async function submit(config, telemetry, form) {
   const data = new FormData(form);
   const gateway = config.gateways[data.get('gateway')];
   const customer = String(data.get('customer'));
   const order = { item: data.get('item'), quantity: Number(data.get('quantity')), customer };
 
-  const span = tracer.startSpan('checkout.submit', {
+  const span = telemetry.tracer.startSpan('checkout.submit', {
     attributes: { 'ui.component': UI_COMPONENT, 'enduser.id': customer, 'url.full': `${gateway}/echo` },
   });
   const traceId = span.spanContext().traceId;
@@ -75,7 +76,7 @@ async function submit(config, provider, tracer, form) {
   } finally {
     span.end();
   }
-  await provider.forceFlush();
+  result.traceComplete = await telemetry.exportTrace(traceId);
 
   window.lastResult = result;
   $('response').textContent = JSON.stringify(result.body ?? result.error, null, 2);
@@ -94,8 +95,7 @@ function start() {
     setState('error', error.message);
     return;
   }
-  const provider = startTelemetry(config);
-  const tracer = provider.getTracer('checkout-web');
+  const telemetry = startTelemetry(config);
 
   for (const [name, url] of Object.entries(config.gateways)) {
     document.querySelector(`[data-gateway-url="${name}"]`).textContent = url;
@@ -108,7 +108,7 @@ function start() {
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     button.disabled = true;
-    submit(config, provider, tracer, form).finally(() => {
+    submit(config, telemetry, form).finally(() => {
       button.disabled = false;
     });
   });

@@ -12,11 +12,67 @@ import { gatewayOriginPatterns } from './config.js';
 
 export const SERVICE_NAME = 'checkout-web';
 
+// How long a click waits for the rest of its trace (the fetch instrumentation ends its
+// span about 300 ms after the response, once resource timings are in).
+const TRACE_SETTLE_TIMEOUT_MS = 3000;
+
+// Counts the open spans of each trace, so a click can export its trace once complete.
+class OpenSpanTracker {
+  #open = new Map();
+  #waiters = new Map();
+
+  onStart(span) {
+    const traceId = span.spanContext().traceId;
+    this.#open.set(traceId, (this.#open.get(traceId) ?? 0) + 1);
+  }
+
+  onEnd(span) {
+    const traceId = span.spanContext().traceId;
+    const open = (this.#open.get(traceId) ?? 1) - 1;
+    if (open > 0) {
+      this.#open.set(traceId, open);
+      return;
+    }
+    this.#open.delete(traceId);
+    for (const resolve of this.#waiters.get(traceId) ?? []) {
+      resolve(true);
+    }
+    this.#waiters.delete(traceId);
+  }
+
+  // Resolves true once every span of the trace has ended, false on timeout.
+  whenEnded(traceId, timeoutMs) {
+    if (!this.#open.has(traceId)) {
+      return Promise.resolve(true);
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      const waiters = this.#waiters.get(traceId) ?? [];
+      waiters.push((ended) => {
+        clearTimeout(timer);
+        resolve(ended);
+      });
+      this.#waiters.set(traceId, waiters);
+    });
+  }
+
+  forceFlush() {
+    return Promise.resolve();
+  }
+
+  shutdown() {
+    return Promise.resolve();
+  }
+}
+
+// Returns the page's tracer and exportTrace(traceId): waits until the trace's spans have
+// ended, exports them, and resolves to whether all had ended in time.
 export function startTelemetry(config) {
+  const tracker = new OpenSpanTracker();
   const provider = new TracerProvider({
     resource: resourceFromAttributes({ 'service.name': SERVICE_NAME }),
     // One export per span: the demo wants the trace in Jaeger right after the click.
-    spanProcessors: [new SimpleSpanProcessor({ exporter: new OTLPTraceExporter({ url: config.otlp }) })],
+    spanProcessors: [tracker, new SimpleSpanProcessor({ exporter: new OTLPTraceExporter({ url: config.otlp }) })],
   });
   trace.setGlobalTracerProvider(provider);
   context.setGlobalContextManager(new StackContextManager().enable());
@@ -33,5 +89,12 @@ export function startTelemetry(config) {
       }),
     ],
   });
-  return provider;
+  return {
+    tracer: provider.getTracer(SERVICE_NAME),
+    async exportTrace(traceId) {
+      const ended = await tracker.whenEnded(traceId, TRACE_SETTLE_TIMEOUT_MS);
+      await provider.forceFlush();
+      return ended;
+    },
+  };
 }
