@@ -1,0 +1,51 @@
+//! `baggage`: whatever parses writes back to a header that parses equal; appending our
+//! member keeps every caller member byte for byte and in order, stays within 64 members
+//! and 8192 bytes, and reads back as the value we appended.
+//!
+//! Input: the header, our key and our value, separated by 0xFF.
+#![no_main]
+
+use consul_enricher::trace_context::baggage::{Baggage, MAX_BYTES, MAX_MEMBERS};
+use consul_enricher_fuzz::text_fields;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: &[u8]| {
+    let Some([header, key, value]) = text_fields(input) else {
+        return;
+    };
+    let Ok(mut baggage) = Baggage::parse(header) else {
+        return;
+    };
+    let written = baggage.to_header();
+    assert_eq!(written.len(), baggage.header_len());
+    assert_eq!(Baggage::parse(&written), Ok(baggage.clone()));
+
+    let before = baggage.clone();
+    if baggage.append(key, value).is_err() {
+        assert_eq!(baggage, before, "a refused append changes nothing");
+        return;
+    }
+    assert_eq!(baggage.len(), before.len() + 1);
+    assert!(baggage.len() <= MAX_MEMBERS);
+    let after = baggage.to_header();
+    assert!(after.len() <= MAX_BYTES, "{} bytes", after.len());
+    let ours = if written.is_empty() {
+        after.as_str()
+    } else {
+        let rest = after
+            .strip_prefix(written.as_str())
+            .expect("caller members come first, unchanged");
+        rest.strip_prefix(',').expect("then a separator")
+    };
+    let (our_key, our_value) = ours.split_once('=').expect("our member has '='");
+    assert_eq!(our_key, key);
+    assert!(
+        our_value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b",;\\\"".contains(&b)),
+        "value not made of baggage-octets: {our_value:?}"
+    );
+    assert_eq!(baggage.get(key).as_deref(), Some(value));
+    let reparsed = Baggage::parse(&after).expect("the header we write parses");
+    assert_eq!(reparsed, baggage);
+});

@@ -1,0 +1,106 @@
+//! Enrichment from a fuzzed Consul answer and fuzzed request values: every header name and
+//! baggage key is a token, every header, baggage and attribute value is clean printable
+//! ASCII within 256 bytes, our baggage members are appended after the caller's without
+//! touching them, and the attribute object is JSON.
+//!
+//! Input: the service name, the upstream address, the caller's `baggage` header and the
+//! catalog body, separated by 0xFF.
+#![no_main]
+
+use consul_enricher::cache::Lookup;
+use consul_enricher::config::{Config, ConsulConfig};
+use consul_enricher::consul::parse_catalog;
+use consul_enricher::enrich::{
+    for_instance, for_request, instance_headers, match_instance, to_json_object, AttrValue,
+    Attributes, MAX_VALUE_LEN,
+};
+use consul_enricher::json::{self, Json};
+use consul_enricher::trace_context::{Baggage, BaggageError};
+use consul_enricher_fuzz::{assert_clean_value, assert_token, text_fields};
+use libfuzzer_sys::fuzz_target;
+
+const LOOKUPS: [Lookup; 5] = [
+    Lookup::Hit,
+    Lookup::Stale { refresh: true },
+    Lookup::Negative,
+    Lookup::Backoff,
+    Lookup::Miss,
+];
+
+fn assert_clean_attributes(attrs: &Attributes) {
+    for (key, value) in attrs {
+        assert!(!key.is_empty());
+        if let AttrValue::Str(s) = value {
+            assert_clean_value(key, s, MAX_VALUE_LEN);
+        }
+    }
+    let Ok(Json::Object(members)) = json::parse(to_json_object(attrs).as_bytes()) else {
+        panic!("attributes are not a JSON object");
+    };
+    assert_eq!(members.len(), attrs.len());
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some([service, upstream, caller_baggage, body]) = text_fields(input) else {
+        return;
+    };
+    let body = body.as_bytes();
+
+    let mut config = Config::default();
+    config.meta_keys.push("zone".into());
+    config.baggage.read_keys.push("tenant".into());
+    let consul = ConsulConfig {
+        max_instances: 8,
+        ..config.consul.clone()
+    };
+    let Ok(catalog) = parse_catalog(Some("200"), false, None, body, body.len(), &consul) else {
+        return;
+    };
+    let instances = &catalog.instances;
+
+    let caller = Baggage::parse(caller_baggage).ok();
+    let read_baggage: Vec<(String, String)> = caller
+        .iter()
+        .flat_map(|b| {
+            config
+                .baggage
+                .read_keys
+                .iter()
+                .filter_map(|k| b.get(k).map(|v| (k.clone(), v)))
+        })
+        .collect();
+    let lookup = LOOKUPS[input.len() % LOOKUPS.len()];
+
+    let e = for_request(&config, service, instances, lookup, &read_baggage);
+    for (name, value) in &e.headers {
+        assert_token("header name", name);
+        assert!(name.starts_with(&config.headers.prefix));
+        assert_clean_value(name, value, MAX_VALUE_LEN);
+    }
+    for (key, value) in &e.baggage {
+        assert_token("baggage key", key);
+        assert_clean_value(key, value, MAX_VALUE_LEN);
+    }
+    assert_clean_attributes(&e.attributes);
+
+    if let Some(mut baggage) = caller {
+        let written = baggage.to_header();
+        for (key, value) in &e.baggage {
+            if let Err(err) = baggage.append(key, value) {
+                assert_ne!(err, BaggageError::InvalidKey);
+            }
+        }
+        let after = baggage.to_header();
+        assert!(after.starts_with(&written), "caller members changed");
+        assert_eq!(Baggage::parse(&after), Ok(baggage));
+    }
+
+    let used = match_instance(instances, upstream);
+    if let Some(i) = used {
+        for (name, value) in instance_headers(&config, i) {
+            assert_token("header name", &name);
+            assert_clean_value(&name, &value, MAX_VALUE_LEN);
+        }
+    }
+    assert_clean_attributes(&for_instance(used, Some(upstream)));
+});
