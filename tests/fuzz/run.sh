@@ -45,7 +45,7 @@ for target in "${TARGETS[@]}"; do
   echo "== $target ${OPTIONS[*]}"
   # A slow input (10 s for one execution) is a finding too: the filter runs per request.
   cargo +nightly fuzz run "${BUILD_OPTIONS[@]}" "$target" "$corpus" "$FUZZ_DIR/seeds/$target" -- \
-    -workers=1 -jobs=1 -timeout=10 -print_final_stats=1 "${OPTIONS[@]}" \
+    -timeout=10 -print_final_stats=1 "${OPTIONS[@]}" \
     >"$LOGS/$target.log" 2>&1
   status=$?
   done_line="$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$LOGS/$target.log" | tail -1)"
