@@ -6,7 +6,7 @@ CARGO_WASM := target/$(WASM_TARGET)/release/consul_enricher.wasm
 WASM_OPT := npx --yes -p binaryen@132.0.0 wasm-opt
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 
-.PHONY: build test lint unit wasm-unit integration services demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
+.PHONY: build test lint unit wasm-unit integration services demo-check demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
 
 ## build: the filter (dist/consul_enricher.wasm + its Kong schema) and the baseline fixture
 build:
@@ -17,7 +17,7 @@ build:
 	@echo "consul_enricher.wasm: $$(wc -c < dist/consul_enricher.wasm) bytes"
 
 ## test: everything CI runs
-test: lint unit wasm-unit build integration services
+test: lint unit wasm-unit build integration services demo-check
 
 lint:
 	cargo fmt --all -- --check
@@ -35,6 +35,15 @@ wasm-unit:
 ## integration: the real .wasm in the wasmtime test host, Kong and Envoy flavours
 integration: build
 	cargo test -p consul-enricher-test-host
+
+## demo: build the filter, then the whole stack with docker compose (Ctrl-C stops it)
+demo:
+	tests/demo/up.sh
+
+## demo-check: the demo files without Docker: Compose schema, filter configs against the
+## Kong schema, cross-file consistency, the Kong companion's test, the page's build and test
+demo-check:
+	tests/demo/check.sh
 
 ## services: echo-service and the stand-ins, against each other over loopback
 services:
