@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make bench`: builds the filters, runs the criterion micro-benchmarks of the parsers and
+# the enrichment step, then the host-level figures (bench-host): per-request cost, wrk
+# throughput through the gateway, Consul load, memory and size, each beside the baseline
+# filter measured in the same run. Ends with the machine-readable `key value` lines.
+#
+# `tests/bench/run.sh --quick` does all of it briefly (tests/bench/smoke.sh uses it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+quick=0
+case "${1:-}" in
+  "") ;;
+  --quick) quick=1 ;;
+  *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+esac
+
+make build
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+mkdir -p "$target_dir/bench"
+
+# The baseline goes through the same Binaryen step as the shipped filter, so both are
+# measured as they would be deployed.
+npx --yes -p binaryen@132.0.0 wasm-opt -Oz \
+  --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
+  --strip-debug --strip-producers \
+  "$target_dir/wasm32-wasip1/release/baseline_filter.wasm" -o "$target_dir/bench/baseline_filter.wasm"
+export CONSUL_ENRICHER_WASM="$PWD/dist/consul_enricher.wasm"
+export BASELINE_FILTER_WASM="$target_dir/bench/baseline_filter.wasm"
+
+if [ "$quick" = 1 ]; then
+  # Each micro-benchmark runs once, as a test.
+  cargo test --profile host -p consul-enricher-bench --benches
+  cargo run --profile host -p consul-enricher-bench --bin bench-host -- --quick
+else
+  cargo bench --profile host -p consul-enricher-bench --bench filter_logic
+  cargo run --profile host -p consul-enricher-bench --bin bench-host
+fi

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# CI's benchmark smoke: every benchmark runs briefly and must finish without error. It
+# checks that the benchmarks still run and that the final figure lines are all printed,
+# never that anything is fast.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+tests/bench/run.sh --quick | tee "$out"
+for key in ratio.hot_path_vs_baseline ratio.rps_vs_baseline consul.calls_per_cold_burst \
+  consul.calls_per_100k wasm.size_bytes; do
+  if ! grep -Eq "^$key [0-9]+(\.[0-9]+)?$" "$out"; then
+    echo "bench smoke: the line \`$key <number>\` is missing" >&2
+    exit 1
+  fi
+done
+echo "bench smoke: all benchmarks ran"
