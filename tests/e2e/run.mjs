@@ -358,6 +358,8 @@ function printTree(spans) {
   const print = (span, depth) => {
     const indent = '  '.repeat(depth);
     console.log(`${indent}${span.service} · ${span.name}  (${(span.duration / 1000).toFixed(1)} ms, span ${span.id})`);
+    const resource = span.resource.filter((t) => !t.key.startsWith('telemetry.')).map((t) => `${t.key}=${t.value}`);
+    if (resource.length > 0) console.log(`${indent}    [resource] ${resource.join(', ')}`);
     for (const t of [...span.tags].sort((a, b) => a.key.localeCompare(b.key))) {
       console.log(`${indent}    ${t.key} = ${t.value}`);
     }

@@ -26,12 +26,23 @@ pub enum Verdict {
 type Reply = oneshot::Sender<Result<Verdict, String>>;
 
 enum Command {
-    Request { spec: RequestSpec, reply: oneshot::Sender<Result<(RequestHandle, Verdict), String>> },
-    Respond { request: RequestHandle, upstream_address: String, headers: Vec<(String, String)>, reply: Reply },
+    Request {
+        spec: RequestSpec,
+        reply: oneshot::Sender<Result<(RequestHandle, Verdict), String>>,
+    },
+    Respond {
+        request: RequestHandle,
+        upstream_address: String,
+        headers: Vec<(String, String)>,
+        reply: Reply,
+    },
 }
 
 enum Waiter {
-    Request(RequestHandle, oneshot::Sender<Result<(RequestHandle, Verdict), String>>),
+    Request(
+        RequestHandle,
+        oneshot::Sender<Result<(RequestHandle, Verdict), String>>,
+    ),
     Response(RequestHandle, Reply),
 }
 
@@ -52,7 +63,11 @@ impl FilterThread {
     /// Loads the filter into `workers` VMs (refused configuration is an error here) and
     /// starts the thread.
     pub fn start(options: &GatewayOptions) -> Result<Self> {
-        let mut host_options = HostOptions::new(options.flavour, options.wasm.clone(), options.config.clone());
+        let mut host_options = HostOptions::new(
+            options.flavour,
+            options.wasm.clone(),
+            options.config.clone(),
+        );
         host_options.workers = options.workers;
         host_options.clusters = options.clusters.clone();
         host_options.shm_zones = options.shm_zones.clone();
@@ -60,8 +75,9 @@ impl FilterThread {
         let level = options.log_level;
         let (ready_tx, ready_rx) = mpsc::channel();
         let (commands, receiver) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("filter".into()).spawn(move || {
-            match Host::new(host_options) {
+        let thread = std::thread::Builder::new()
+            .name("filter".into())
+            .spawn(move || match Host::new(host_options) {
                 Ok(host) => {
                     let _ = ready_tx.send(Ok(()));
                     run(host, receiver, level);
@@ -69,8 +85,7 @@ impl FilterThread {
                 Err(error) => {
                     let _ = ready_tx.send(Err(error.to_string()));
                 }
-            }
-        })?;
+            })?;
         ready_rx
             .recv()
             .map_err(|_| anyhow!("the filter thread ended while loading"))?
@@ -93,7 +108,9 @@ impl FilterThread {
     pub async fn request(&self, spec: RequestSpec) -> Result<(RequestHandle, Verdict), String> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Request { spec, reply })?;
-        answer.await.map_err(|_| "the filter thread dropped the request".to_string())?
+        answer
+            .await
+            .map_err(|_| "the filter thread dropped the request".to_string())?
     }
 
     /// `on_response_headers`, then done/log/delete; resolves with the headers for the
@@ -111,7 +128,9 @@ impl FilterThread {
             headers,
             reply,
         })?;
-        answer.await.map_err(|_| "the filter thread dropped the response".to_string())?
+        answer
+            .await
+            .map_err(|_| "the filter thread dropped the response".to_string())?
     }
 }
 
@@ -136,7 +155,10 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        for command in first.into_iter().chain(std::iter::from_fn(|| commands.try_recv().ok())) {
+        for command in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| commands.try_recv().ok()))
+        {
             match command {
                 Command::Request { spec, reply } => {
                     let worker = next_worker;
@@ -164,7 +186,10 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
         if let Err(error) = host.advance(Duration::ZERO) {
             eprintln!("gateway: filter error while advancing: {error}");
         }
-        waiters = waiters.into_iter().filter_map(|waiter| settle(&host, waiter)).collect();
+        waiters = waiters
+            .into_iter()
+            .filter_map(|waiter| settle(&host, waiter))
+            .collect();
         if last_log_check.elapsed() >= LOG_EVERY {
             logs_printed = print_logs(&host, logs_printed, level);
             last_log_check = Instant::now();
@@ -188,9 +213,13 @@ fn settle(host: &Host, waiter: Waiter) -> Option<Waiter> {
         Waiter::Request(handle, reply) => {
             let outcome = match (&record.phase, local) {
                 (_, Some(local)) => Ok(local),
-                (Phase::Forwarded, None) => Ok(Verdict::Continue(record.upstream_headers.clone().unwrap_or_default())),
+                (Phase::Forwarded, None) => Ok(Verdict::Continue(
+                    record.upstream_headers.clone().unwrap_or_default(),
+                )),
                 (Phase::Failed(message), None) => Err(format!("filter failed: {message}")),
-                (Phase::Completed | Phase::Ended, None) => Err("the filter closed the request".to_string()),
+                (Phase::Completed | Phase::Ended, None) => {
+                    Err("the filter closed the request".to_string())
+                }
                 _ if reply.is_closed() => return None,
                 _ => return Some(Waiter::Request(handle, reply)),
             };

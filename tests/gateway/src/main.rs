@@ -92,7 +92,10 @@ async fn serve(gateway: Arc<Gateway>) -> Result<()> {
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
             let service = service_fn(move |request| Arc::clone(&gateway).serve(request));
-            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 eprintln!("gateway: connection: {error}");
             }
         });

@@ -41,7 +41,9 @@ impl Route {
     /// `/echo?q`, not `/echoes`.
     pub fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(&self.prefix) {
-            Some(rest) => rest.is_empty() || self.prefix.ends_with('/') || rest.starts_with(['/', '?']),
+            Some(rest) => {
+                rest.is_empty() || self.prefix.ends_with('/') || rest.starts_with(['/', '?'])
+            }
             None => false,
         }
     }
@@ -72,9 +74,14 @@ fn split_pair<'a>(flag: &str, value: &'a str) -> Result<(&'a str, &'a str)> {
 
 /// `http://host:port[/]` or `host:port` → `host:port`.
 fn host_port(flag: &str, url: &str) -> Result<String> {
-    let rest = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
     match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && !rest.contains('/') && port.parse::<u16>().is_ok() => {
+        Some((host, port))
+            if !host.is_empty() && !rest.contains('/') && port.parse::<u16>().is_ok() =>
+        {
             Ok(rest.to_string())
         }
         _ => bail!("{flag} wants http://host:port, got {url:?}"),
@@ -119,14 +126,14 @@ impl GatewayOptions {
                     }
                 }
                 "--workers" => {
-                    workers = value
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| anyhow!("--workers: {value:?} is not a positive number"))?
+                    workers =
+                        value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            anyhow!("--workers: {value:?} is not a positive number")
+                        })?
                 }
                 "--config" => {
-                    config = std::fs::read(&value).with_context(|| format!("--config: cannot read {value}"))?
+                    config = std::fs::read(&value)
+                        .with_context(|| format!("--config: cannot read {value}"))?
                 }
                 "--config-json" => config = value.into_bytes(),
                 "--consul" => consul = Some(host_port("--consul", &value)?),
@@ -147,7 +154,9 @@ impl GatewayOptions {
                 "--shm-zone" => shm_zones.push(value),
                 "--allow-origin" => allowed_origins.push(value.trim_end_matches('/').to_string()),
                 "--port" => {
-                    let port = value.parse().map_err(|_| anyhow!("--port: {value:?} is not a port"))?;
+                    let port = value
+                        .parse()
+                        .map_err(|_| anyhow!("--port: {value:?} is not a port"))?;
                     listen.set_port(port);
                 }
                 "--log-level" => level = log_level(&value)?,
@@ -183,7 +192,9 @@ impl GatewayOptions {
     }
 
     pub fn origin_allowed(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|allowed| allowed == "*" || allowed == origin)
+        self.allowed_origins
+            .iter()
+            .any(|allowed| allowed == "*" || allowed == origin)
     }
 }
 
@@ -199,7 +210,10 @@ mod tests {
     fn defaults_route_echo_and_need_consul() {
         let options = parse(&["--consul", "http://127.0.0.1:8500/"]).unwrap();
         assert_eq!(options.consul, "127.0.0.1:8500");
-        assert_eq!(options.route_for("/echo").unwrap().service_host(), "echo.service.consul");
+        assert_eq!(
+            options.route_for("/echo").unwrap().service_host(),
+            "echo.service.consul"
+        );
         assert_eq!(options.shm_zones, ["consul_enricher"]);
         assert!(parse(&[]).unwrap_err().to_string().contains("--consul"));
     }

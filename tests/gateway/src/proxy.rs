@@ -47,11 +47,14 @@ pub struct Gateway {
 type Answer = Response<Full<Bytes>>;
 
 fn plain(status: StatusCode, message: &str) -> Answer {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{{\"message\":{message:?}}}\n"))));
+    let mut response = Response::new(Full::new(Bytes::from(format!(
+        "{{\"message\":{message:?}}}\n"
+    ))));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     response
 }
 
@@ -68,7 +71,10 @@ fn from_pairs(default_status: StatusCode, headers: &[(String, String)], body: By
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     for (name, value) in headers.iter().filter(|(name, _)| forwarded(name)) {
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             (Ok(name), Ok(value)) => {
                 response.headers_mut().append(name, value);
             }
@@ -94,8 +100,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .filter(|origin| self.options.origin_allowed(origin))
             .map(str::to_string);
-        let is_preflight =
-            request.method() == Method::OPTIONS && request.headers().contains_key("access-control-request-method");
+        let is_preflight = request.method() == Method::OPTIONS
+            && request
+                .headers()
+                .contains_key("access-control-request-method");
         let mut answer = if is_preflight {
             preflight(origin.is_some())
         } else {
@@ -103,25 +111,34 @@ impl Gateway {
         };
         if let Some(origin) = origin {
             if let Ok(value) = HeaderValue::from_str(&origin) {
-                answer.headers_mut().insert("access-control-allow-origin", value);
+                answer
+                    .headers_mut()
+                    .insert("access-control-allow-origin", value);
             }
-            answer.headers_mut().append("vary", HeaderValue::from_static("Origin"));
+            answer
+                .headers_mut()
+                .append("vary", HeaderValue::from_static("Origin"));
         }
         Ok(answer)
     }
 
     async fn proxy(&self, request: Request<Incoming>) -> Answer {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| request.uri().path().to_string(), |p| p.as_str().to_string());
+        let path = request.uri().path_and_query().map_or_else(
+            || request.uri().path().to_string(),
+            |p| p.as_str().to_string(),
+        );
         let Some(route) = self.options.route_for(&path).cloned() else {
             return plain(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or unreadable"),
+            Err(_) => {
+                return plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large or unreadable",
+                )
+            }
         };
         let authority = parts
             .headers
@@ -137,7 +154,10 @@ impl Gateway {
         ];
         for (name, value) in &parts.headers {
             if forwarded(name.as_str()) {
-                headers.push((name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+                headers.push((
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ));
             }
         }
         let mut spec = RequestSpec {
@@ -160,17 +180,25 @@ impl Gateway {
 
         let (address, upstream) = match self.balancer.pick(&route.service).await {
             Ok(address) => {
-                let upstream = self.forward(&route, &address, &upstream_headers, body).await;
+                let upstream = self
+                    .forward(&route, &address, &upstream_headers, body)
+                    .await;
                 (address, upstream)
             }
-            Err(error) => (String::new(), Err(format!("name resolution failed: {error:#}"))),
+            Err(error) => (
+                String::new(),
+                Err(format!("name resolution failed: {error:#}")),
+            ),
         };
         let (status_headers, upstream_body) = match upstream {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let mut pairs = vec![(":status".to_string(), parts.status.as_u16().to_string())];
                 for (name, value) in &parts.headers {
-                    pairs.push((name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()));
+                    pairs.push((
+                        name.to_string(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    ));
                 }
                 (pairs, body)
             }
@@ -186,7 +214,9 @@ impl Gateway {
             }
         };
         match self.filter.respond(handle, address, status_headers).await {
-            Ok(Verdict::Continue(headers)) => from_pairs(StatusCode::BAD_GATEWAY, &headers, upstream_body),
+            Ok(Verdict::Continue(headers)) => {
+                from_pairs(StatusCode::BAD_GATEWAY, &headers, upstream_body)
+            }
             Ok(Verdict::Local(response)) => local(response),
             Err(message) => {
                 eprintln!("gateway: response headers: {message}");
@@ -208,9 +238,14 @@ impl Gateway {
         let path = find_header(headers, ":path").unwrap_or("/");
         let host = match self.options.flavour {
             Flavour::Kong => route.service_host(),
-            Flavour::Envoy => find_header(headers, ":authority").unwrap_or(address).to_string(),
+            Flavour::Envoy => find_header(headers, ":authority")
+                .unwrap_or(address)
+                .to_string(),
         };
-        let mut builder = Request::builder().method(method).uri(path).header("host", host);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
         for (name, value) in headers.iter().filter(|(name, _)| forwarded(name)) {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -218,7 +253,9 @@ impl Gateway {
             .header("content-length", body.len())
             .body(Full::new(body))
             .map_err(|e| format!("the filtered request is not valid HTTP: {e}"))?;
-        exchange(address, request).await.map_err(|e| format!("{e:#}"))
+        exchange(address, request)
+            .await
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -226,9 +263,18 @@ fn preflight(allowed: bool) -> Answer {
     let mut response = Response::new(Full::new(Bytes::new()));
     if allowed {
         let headers = response.headers_mut();
-        headers.insert("access-control-allow-methods", HeaderValue::from_static(ALLOW_METHODS));
-        headers.insert("access-control-allow-headers", HeaderValue::from_static(ALLOW_HEADERS));
-        headers.insert("access-control-max-age", HeaderValue::from_static(PREFLIGHT_MAX_AGE));
+        headers.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static(ALLOW_METHODS),
+        );
+        headers.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static(ALLOW_HEADERS),
+        );
+        headers.insert(
+            "access-control-max-age",
+            HeaderValue::from_static(PREFLIGHT_MAX_AGE),
+        );
     }
     response
 }

@@ -26,7 +26,8 @@ pub async fn exchange(address: &str, request: Request<Full<Bytes>>) -> Result<Re
         let stream = tokio::net::TcpStream::connect(address)
             .await
             .with_context(|| format!("cannot connect to {address}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let response = sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
@@ -65,7 +66,10 @@ impl Balancer {
             .body(Full::new(Bytes::new()))?;
         let response = exchange(&self.consul, request).await?;
         if !response.status().is_success() {
-            bail!("Consul answered {} for service {service}", response.status());
+            bail!(
+                "Consul answered {} for service {service}",
+                response.status()
+            );
         }
         let mut instances = parse_catalog(response.body())?;
         if instances.is_empty() {
@@ -79,7 +83,8 @@ impl Balancer {
 
 /// `(service id, ip:port)` of every entry.
 fn parse_catalog(body: &[u8]) -> Result<Vec<(String, String)>> {
-    let entries: Vec<Value> = serde_json::from_slice(body).context("the catalog answer is not a JSON array")?;
+    let entries: Vec<Value> =
+        serde_json::from_slice(body).context("the catalog answer is not a JSON array")?;
     entries
         .iter()
         .map(|entry| {
@@ -88,9 +93,15 @@ fn parse_catalog(body: &[u8]) -> Result<Vec<(String, String)>> {
                 "" => text("Address"),
                 address => address,
             };
-            let port = entry.get("ServicePort").and_then(Value::as_u64).unwrap_or(0);
+            let port = entry
+                .get("ServicePort")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             if address.is_empty() || port == 0 || port > u64::from(u16::MAX) {
-                bail!("catalog entry {:?} has no usable address and port", text("ServiceID"));
+                bail!(
+                    "catalog entry {:?} has no usable address and port",
+                    text("ServiceID")
+                );
             }
             Ok((text("ServiceID").to_string(), format!("{address}:{port}")))
         })
@@ -109,15 +120,22 @@ mod tests {
         ]"#;
         assert_eq!(
             parse_catalog(body).unwrap(),
-            [("b".into(), "10.0.0.2:81".into()), ("a".into(), "127.0.0.1:80".into())]
+            [
+                ("b".into(), "10.0.0.2:81".into()),
+                ("a".into(), "127.0.0.1:80".into())
+            ]
         );
     }
 
     #[test]
     fn unusable_catalogs_are_errors() {
         assert!(parse_catalog(b"{}").is_err());
-        assert!(parse_catalog(br#"[{"ServiceID": "x", "Address": "", "ServicePort": 80}]"#).is_err());
-        assert!(parse_catalog(br#"[{"ServiceID": "x", "Address": "h", "ServicePort": 0}]"#).is_err());
+        assert!(
+            parse_catalog(br#"[{"ServiceID": "x", "Address": "", "ServicePort": 80}]"#).is_err()
+        );
+        assert!(
+            parse_catalog(br#"[{"ServiceID": "x", "Address": "h", "ServicePort": 0}]"#).is_err()
+        );
         assert!(parse_catalog(b"[]").unwrap().is_empty());
     }
 }
