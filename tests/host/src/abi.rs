@@ -1,0 +1,862 @@
+//! The `env` host functions of Proxy-Wasm ABI 0.2.1 (proxy-wasm/spec, `abi-versions/v0.2.1`),
+//! with the exact import list and signatures of the Rust SDK `proxy-wasm` 0.2.5
+//! (`src/hostcalls.rs`). Where Kong (ngx_wasm_module, `src/common/proxy_wasm/
+//! ngx_proxy_wasm_host.c`, `src/http/proxy_wasm/ngx_http_proxy_wasm_dispatch.c`) and Envoy
+//! (`source/extensions/common/wasm/context.cc`) answer differently, the host's flavour picks.
+//! Features neither this host nor the filter needs (gRPC, shared queues, body rewriting)
+//! trap with a message naming the call, rather than pretending to work.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wasmtime::{bail, format_err, Result};
+use wasmtime::{Caller, Linker};
+
+use crate::dispatch::{valid_header, DispatchRecord};
+use crate::shared::{MetricError, MetricKind, SharedDataError};
+use crate::worker::{Deferred, LocalResponse, Phase, WorkerState, ROOT_CONTEXT_ID};
+use crate::{Flavour, LogLevel};
+
+const OK: i32 = 0;
+const NOT_FOUND: i32 = 1;
+const BAD_ARGUMENT: i32 = 2;
+const CAS_MISMATCH: i32 = 8;
+
+const MAP_REQUEST_HEADERS: i32 = 0;
+const MAP_RESPONSE_HEADERS: i32 = 2;
+const MAP_CALL_RESPONSE_HEADERS: i32 = 6;
+
+const BUFFER_REQUEST_BODY: i32 = 0;
+const BUFFER_RESPONSE_BODY: i32 = 1;
+const BUFFER_CALL_RESPONSE_BODY: i32 = 4;
+const BUFFER_VM_CONFIGURATION: i32 = 6;
+const BUFFER_PLUGIN_CONFIGURATION: i32 = 7;
+
+const STREAM_REQUEST: i32 = 0;
+const STREAM_RESPONSE: i32 = 1;
+
+/// ngx_wasm_module's socket timeouts when a call passes 0 (`proxy_wasm_socket_*_timeout`).
+const KONG_DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Ctx<'a> = Caller<'a, WorkerState>;
+
+pub(crate) fn read_bytes(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>> {
+    let memory = caller
+        .data()
+        .memory
+        .ok_or_else(|| format_err!("no memory"))?;
+    let mut buffer = vec![0u8; len as u32 as usize];
+    memory
+        .read(&*caller, ptr as u32 as usize, &mut buffer)
+        .map_err(|_| format_err!("read of {len} bytes at {ptr:#x} is out of bounds"))?;
+    Ok(buffer)
+}
+
+fn read_string(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String> {
+    Ok(String::from_utf8_lossy(&read_bytes(caller, ptr, len)?).into_owned())
+}
+
+pub(crate) fn write_bytes(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> Result<()> {
+    let memory = caller
+        .data()
+        .memory
+        .ok_or_else(|| format_err!("no memory"))?;
+    memory
+        .write(&mut *caller, ptr as u32 as usize, bytes)
+        .map_err(|_| {
+            format_err!(
+                "write of {} bytes at {ptr:#x} is out of bounds",
+                bytes.len()
+            )
+        })
+}
+
+pub(crate) fn write_u32(caller: &mut Ctx<'_>, ptr: i32, value: u32) -> Result<()> {
+    write_bytes(caller, ptr, &value.to_le_bytes())
+}
+
+pub(crate) fn write_u64(caller: &mut Ctx<'_>, ptr: i32, value: u64) -> Result<()> {
+    write_bytes(caller, ptr, &value.to_le_bytes())
+}
+
+/// Copies `bytes` into memory the module allocates (`proxy_on_memory_allocate`) and returns
+/// pointer and size through the two out-pointers; the module owns and frees the copy.
+fn return_bytes(caller: &mut Ctx<'_>, bytes: &[u8], data_ptr: i32, size_ptr: i32) -> Result<()> {
+    if bytes.is_empty() {
+        write_u32(caller, data_ptr, 0)?;
+        return write_u32(caller, size_ptr, 0);
+    }
+    let allocate = caller
+        .data()
+        .allocate
+        .clone()
+        .ok_or_else(|| format_err!("no proxy_on_memory_allocate"))?;
+    let address = allocate.call(&mut *caller, bytes.len() as i32)?;
+    if address == 0 {
+        bail!("proxy_on_memory_allocate({}) returned null", bytes.len());
+    }
+    write_bytes(caller, address, bytes)?;
+    write_u32(caller, data_ptr, address as u32)?;
+    write_u32(caller, size_ptr, bytes.len() as u32)
+}
+
+/// The SDK's map serialisation: count, (name length, value length) pairs, then each name
+/// and value followed by a NUL.
+pub(crate) fn encode_map(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in pairs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+pub(crate) fn decode_map(bytes: &[u8]) -> Result<Vec<(String, String)>> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let word = |at: usize| -> Result<usize> {
+        let raw = bytes
+            .get(at..at + 4)
+            .ok_or_else(|| format_err!("map truncated at byte {at}"))?;
+        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+    };
+    let count = word(0)?;
+    let mut cursor = 4 + count * 8;
+    let mut pairs = Vec::with_capacity(count);
+    for i in 0..count {
+        let name_len = word(4 + i * 8)?;
+        let value_len = word(8 + i * 8)?;
+        let name = bytes
+            .get(cursor..cursor + name_len)
+            .ok_or_else(|| format_err!("map name {i} out of range"))?;
+        cursor += name_len + 1;
+        let value = bytes
+            .get(cursor..cursor + value_len)
+            .ok_or_else(|| format_err!("map value {i} out of range"))?;
+        cursor += value_len + 1;
+        pairs.push((
+            String::from_utf8_lossy(name).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+    }
+    Ok(pairs)
+}
+
+enum MapRef {
+    Request(u32),
+    Response(u32),
+    CallResponse,
+    /// Trailers are not modelled: always empty.
+    Empty,
+}
+
+fn map_ref(state: &WorkerState, map_type: i32) -> Option<MapRef> {
+    let context = state.effective_context;
+    let is_request = state.requests.contains_key(&context);
+    match map_type {
+        MAP_REQUEST_HEADERS if is_request => Some(MapRef::Request(context)),
+        MAP_RESPONSE_HEADERS if is_request => Some(MapRef::Response(context)),
+        MAP_CALL_RESPONSE_HEADERS if state.call_response.is_some() => Some(MapRef::CallResponse),
+        1 | 3 | 7 => Some(MapRef::Empty),
+        _ => None,
+    }
+}
+
+fn map_mut<'a>(state: &'a mut WorkerState, map: &MapRef) -> Option<&'a mut Vec<(String, String)>> {
+    match map {
+        MapRef::Request(id) => state.requests.get_mut(id).map(|r| &mut r.request_headers),
+        MapRef::Response(id) => state.requests.get_mut(id).map(|r| &mut r.response_headers),
+        MapRef::CallResponse => state.call_response.as_mut().map(|c| &mut c.headers),
+        MapRef::Empty => None,
+    }
+}
+
+fn read_map(state: &mut WorkerState, map_type: i32) -> Option<Vec<(String, String)>> {
+    let map = map_ref(state, map_type)?;
+    Some(map_mut(state, &map).map(|m| m.clone()).unwrap_or_default())
+}
+
+/// Applies `edit` to a header map; NOT_FOUND when the map does not exist here.
+fn edit_map(
+    state: &mut WorkerState,
+    map_type: i32,
+    edit: impl FnOnce(&mut Vec<(String, String)>),
+) -> i32 {
+    let Some(map) = map_ref(state, map_type) else {
+        return NOT_FOUND;
+    };
+    match map_mut(state, &map) {
+        Some(headers) => {
+            edit(headers);
+            OK
+        }
+        None => BAD_ARGUMENT,
+    }
+}
+
+fn property_path(raw: &[u8]) -> String {
+    raw.split(|b| *b == 0)
+        .map(|segment| String::from_utf8_lossy(segment).into_owned())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+const KONG_CTX_SHARED: &str = "kong.ctx.shared.";
+
+fn foreign_namespace(flavour: Flavour, path: &str) -> bool {
+    match flavour {
+        Flavour::Kong => ["xds.", "node.", "plugin_"]
+            .iter()
+            .any(|p| path.starts_with(p)),
+        Flavour::Envoy => ["kong.", "ngx."].iter().any(|p| path.starts_with(p)),
+    }
+}
+
+fn get_property(state: &WorkerState, path: &str) -> Option<Vec<u8>> {
+    let flavour = state.shared.flavour;
+    if foreign_namespace(flavour, path) {
+        return None;
+    }
+    let record = state.requests.get(&state.effective_context);
+    if path == "upstream.address" {
+        return record?.upstream_address.clone().map(String::into_bytes);
+    }
+    if let Some(key) = path.strip_prefix(KONG_CTX_SHARED) {
+        return record?.kong_ctx_shared.get(key).cloned();
+    }
+    if let Some(value) = record.and_then(|r| r.properties.get(path)) {
+        return Some(value.clone());
+    }
+    state.shared.properties.get(path).cloned()
+}
+
+fn set_property(state: &mut WorkerState, path: &str, value: Vec<u8>) -> i32 {
+    let flavour = state.shared.flavour;
+    let context = state.effective_context;
+    let Some(record) = state.requests.get_mut(&context) else {
+        return NOT_FOUND;
+    };
+    match flavour {
+        Flavour::Kong => {
+            if let Some(key) = path.strip_prefix(KONG_CTX_SHARED) {
+                record.kong_ctx_shared.insert(key.to_string(), value);
+                OK
+            } else if path.starts_with("ngx.") {
+                record.properties.insert(path.to_string(), value);
+                OK
+            } else {
+                NOT_FOUND
+            }
+        }
+        Flavour::Envoy => {
+            record.properties.insert(path.to_string(), value);
+            OK
+        }
+    }
+}
+
+fn log_level(raw: i32) -> LogLevel {
+    match raw {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        4 => LogLevel::Error,
+        _ => LogLevel::Critical,
+    }
+}
+
+fn unsupported(name: &'static str) -> wasmtime::Error {
+    format_err!("{name} is not supported by this test host")
+}
+
+fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    crate::worker::find_header(headers, name).filter(|v| !v.is_empty())
+}
+
+fn http_call(
+    caller: &mut Ctx<'_>,
+    upstream: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    timeout_ms: u32,
+) -> Result<std::result::Result<u32, i32>> {
+    let flavour = caller.data().shared.flavour;
+    let method = header_value(&headers, ":method").map(str::to_string);
+    let path = header_value(&headers, ":path").map(str::to_string);
+    let authority = header_value(&headers, ":authority").map(str::to_string);
+    let (target, authority) = match flavour {
+        Flavour::Kong => {
+            // ngx_wasm_module traps on these: the failure happens inside the host call.
+            if upstream.is_empty() {
+                bail!("dispatch failed: no host");
+            }
+            if method.is_none() {
+                bail!("dispatch failed: no :method");
+            }
+            if path.is_none() {
+                bail!("dispatch failed: no :path");
+            }
+            let target = if upstream
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+            {
+                upstream.clone()
+            } else {
+                format!("{upstream}:80")
+            };
+            let host = upstream
+                .rsplit_once(':')
+                .map_or(upstream.as_str(), |(h, _)| h)
+                .to_string();
+            (target, authority.unwrap_or(host))
+        }
+        Flavour::Envoy => {
+            let Some(address) = caller.data().shared.clusters.get(&upstream).cloned() else {
+                return Ok(Err(BAD_ARGUMENT));
+            };
+            let (Some(authority), true, true) = (authority, method.is_some(), path.is_some())
+            else {
+                return Ok(Err(BAD_ARGUMENT));
+            };
+            (address, authority)
+        }
+    };
+    let plain: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with(':'))
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case("host") && !name.eq_ignore_ascii_case("connection")
+        })
+        .cloned()
+        .collect();
+    if !plain.iter().all(|(n, v)| valid_header(n, v)) || !valid_header("host", &authority) {
+        return Ok(Err(BAD_ARGUMENT));
+    }
+    let timeout = match (timeout_ms, flavour) {
+        (0, Flavour::Kong) => Some(KONG_DEFAULT_CALL_TIMEOUT),
+        (0, Flavour::Envoy) => None,
+        (ms, _) => Some(Duration::from_millis(u64::from(ms))),
+    };
+    let state = caller.data_mut();
+    let token = state.next_call_token;
+    state.next_call_token = state.next_call_token.wrapping_add(1);
+    let context_id = state.effective_context;
+    if let Some(record) = state.requests.get_mut(&context_id) {
+        record.pending_calls += 1;
+    }
+    state.shared.dispatch(DispatchRecord {
+        worker: state.index,
+        context_id,
+        token,
+        upstream,
+        target,
+        method: method.unwrap_or_default(),
+        path: path.unwrap_or_default(),
+        authority,
+        headers: plain,
+        body,
+        timeout,
+    });
+    Ok(Ok(token))
+}
+
+pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> Result<i32> {
+            let message = read_string(&mut c, ptr, len)?;
+            c.data().log(log_level(level), message);
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: Ctx<'_>, out: i32| -> Result<i32> {
+            let level = c.data().shared.log_level as u32;
+            write_u32(&mut c, out, level)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx<'_>, out: i32| -> Result<i32> {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            write_u64(&mut c, out, now.as_nanos() as u64)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Ctx<'_>, period: i32| -> Result<i32> {
+            let state = c.data_mut();
+            if state.effective_context != ROOT_CONTEXT_ID {
+                return Ok(BAD_ARGUMENT);
+            }
+            state.tick_period =
+                (period != 0).then(|| Duration::from_millis(u64::from(period as u32)));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut c: Ctx<'_>,
+         kind: i32,
+         start: i32,
+         max: i32,
+         data_out: i32,
+         size_out: i32|
+         -> Result<i32> {
+            let state = c.data();
+            let buffer: Vec<u8> = match kind {
+                BUFFER_VM_CONFIGURATION => state.vm_config.clone(),
+                BUFFER_PLUGIN_CONFIGURATION => state.plugin_config.clone(),
+                BUFFER_CALL_RESPONSE_BODY => match &state.call_response {
+                    Some(response) => response.body.clone(),
+                    None => return Ok(NOT_FOUND),
+                },
+                BUFFER_REQUEST_BODY | BUFFER_RESPONSE_BODY => Vec::new(),
+                _ => return Ok(NOT_FOUND),
+            };
+            let start = (start as u32 as usize).min(buffer.len());
+            let end = start.saturating_add(max as u32 as usize).min(buffer.len());
+            return_bytes(&mut c, &buffer[start..end], data_out, size_out)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |_c: Ctx<'_>, _kind: i32, _start: i32, _size: i32, _ptr: i32, _len: i32| -> Result<i32> {
+            Err(unsupported("proxy_set_buffer_bytes"))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: Ctx<'_>, map_type: i32, data_out: i32, size_out: i32| -> Result<i32> {
+            let Some(pairs) = read_map(c.data_mut(), map_type) else {
+                return Ok(NOT_FOUND);
+            };
+            return_bytes(&mut c, &encode_map(&pairs), data_out, size_out)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: Ctx<'_>, map_type: i32, ptr: i32, len: i32| -> Result<i32> {
+            let pairs = decode_map(&read_bytes(&mut c, ptr, len)?)?;
+            Ok(edit_map(c.data_mut(), map_type, |headers| *headers = pairs))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut c: Ctx<'_>,
+         map_type: i32,
+         key_ptr: i32,
+         key_len: i32,
+         data_out: i32,
+         size_out: i32|
+         -> Result<i32> {
+            let key = read_string(&mut c, key_ptr, key_len)?;
+            let Some(pairs) = read_map(c.data_mut(), map_type) else {
+                return Ok(NOT_FOUND);
+            };
+            match crate::worker::find_header(&pairs, &key) {
+                Some(value) => {
+                    let value = value.as_bytes().to_vec();
+                    return_bytes(&mut c, &value, data_out, size_out)?;
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut c: Ctx<'_>,
+         map_type: i32,
+         key_ptr: i32,
+         key_len: i32,
+         value_ptr: i32,
+         value_len: i32|
+         -> Result<i32> {
+            let key = read_string(&mut c, key_ptr, key_len)?;
+            let value = read_string(&mut c, value_ptr, value_len)?;
+            Ok(edit_map(c.data_mut(), map_type, |headers| {
+                headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&key));
+                headers.push((key.to_ascii_lowercase(), value));
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut c: Ctx<'_>,
+         map_type: i32,
+         key_ptr: i32,
+         key_len: i32,
+         value_ptr: i32,
+         value_len: i32|
+         -> Result<i32> {
+            let key = read_string(&mut c, key_ptr, key_len)?;
+            let value = read_string(&mut c, value_ptr, value_len)?;
+            Ok(edit_map(c.data_mut(), map_type, |headers| {
+                headers.push((key.to_ascii_lowercase(), value))
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: Ctx<'_>, map_type: i32, key_ptr: i32, key_len: i32| -> Result<i32> {
+            let key = read_string(&mut c, key_ptr, key_len)?;
+            Ok(edit_map(c.data_mut(), map_type, |headers| {
+                headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&key))
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut c: Ctx<'_>,
+         path_ptr: i32,
+         path_len: i32,
+         data_out: i32,
+         size_out: i32|
+         -> Result<i32> {
+            let path = property_path(&read_bytes(&mut c, path_ptr, path_len)?);
+            match get_property(c.data(), &path) {
+                Some(value) => {
+                    return_bytes(&mut c, &value, data_out, size_out)?;
+                    Ok(OK)
+                }
+                None => Ok(NOT_FOUND),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut c: Ctx<'_>,
+         path_ptr: i32,
+         path_len: i32,
+         value_ptr: i32,
+         value_len: i32|
+         -> Result<i32> {
+            let path = property_path(&read_bytes(&mut c, path_ptr, path_len)?);
+            let value = read_bytes(&mut c, value_ptr, value_len)?;
+            Ok(set_property(c.data_mut(), &path, value))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, data_out: i32, size_out: i32, cas_out: i32| -> Result<i32> {
+            let key = read_string(&mut c, key_ptr, key_len)?;
+            let found = c.data().shared.shared_data().get(&key);
+            match found {
+                Ok(Some(entry)) => {
+                    return_bytes(&mut c, &entry.value, data_out, size_out)?;
+                    write_u32(&mut c, cas_out, entry.cas)?;
+                    Ok(OK)
+                }
+                Ok(None) => Ok(NOT_FOUND),
+                Err(SharedDataError::UnknownZone(zone)) => {
+                    bail!("attempt to get key/value from unconfigured shm_kv zone \"{zone}\" (key \"{key}\")")
+                }
+                Err(SharedDataError::CasMismatch) => Ok(CAS_MISMATCH),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32, cas: i32| -> Result<i32> {
+            let key = read_string(&mut c, key_ptr, key_len)?;
+            let value = read_bytes(&mut c, value_ptr, value_len)?;
+            let written = c.data().shared.shared_data().set(&key, &value, cas as u32);
+            match written {
+                Ok(()) => Ok(OK),
+                Err(SharedDataError::CasMismatch) => Ok(CAS_MISMATCH),
+                Err(SharedDataError::UnknownZone(zone)) => {
+                    bail!("attempt to set key/value in unconfigured shm_kv zone \"{zone}\" (key \"{key}\")")
+                }
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |_c: Ctx<'_>, _a: i32, _b: i32, _c2: i32| -> Result<i32> {
+            Err(unsupported("proxy_register_shared_queue"))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |_c: Ctx<'_>, _a: i32, _b: i32, _c2: i32, _d: i32, _e: i32| -> Result<i32> {
+            Err(unsupported("proxy_resolve_shared_queue"))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |_c: Ctx<'_>, _a: i32, _b: i32, _c2: i32| -> Result<i32> {
+            Err(unsupported("proxy_dequeue_shared_queue"))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |_c: Ctx<'_>, _a: i32, _b: i32, _c2: i32| -> Result<i32> {
+            Err(unsupported("proxy_enqueue_shared_queue"))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: Ctx<'_>, stream: i32| -> Result<i32> {
+            let state = c.data_mut();
+            let context = state.effective_context;
+            let Some(record) = state.requests.get_mut(&context) else {
+                return Ok(NOT_FOUND);
+            };
+            match (stream, &record.phase) {
+                (STREAM_REQUEST, Phase::Paused) => record.forward(),
+                (STREAM_RESPONSE, Phase::ResponsePaused) => {
+                    state.deferred.push(Deferred::Complete(context))
+                }
+                (STREAM_REQUEST | STREAM_RESPONSE, _) => {}
+                _ => return Ok(BAD_ARGUMENT),
+            }
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: Ctx<'_>, _stream: i32| -> Result<i32> {
+            let state = c.data_mut();
+            let context = state.effective_context;
+            let Some(record) = state.requests.get_mut(&context) else {
+                return Ok(NOT_FOUND);
+            };
+            record.phase = Phase::Ended;
+            state.deferred.push(Deferred::Complete(context));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut c: Ctx<'_>,
+         status: i32,
+         _details_ptr: i32,
+         _details_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         _grpc: i32|
+         -> Result<i32> {
+            let body = read_bytes(&mut c, body_ptr, body_len)?;
+            let headers = decode_map(&read_bytes(&mut c, headers_ptr, headers_len)?)?;
+            let state = c.data_mut();
+            let context = state.effective_context;
+            let Some(record) = state.requests.get_mut(&context) else {
+                return Ok(NOT_FOUND);
+            };
+            record.local_response = Some(LocalResponse {
+                status: status as u32,
+                headers,
+                body,
+            });
+            record.phase = Phase::Ended;
+            state.deferred.push(Deferred::Complete(context));
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |mut c: Ctx<'_>,
+         upstream_ptr: i32,
+         upstream_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         _trailers_ptr: i32,
+         _trailers_len: i32,
+         timeout_ms: i32,
+         token_out: i32|
+         -> Result<i32> {
+            let upstream = read_string(&mut c, upstream_ptr, upstream_len)?;
+            let headers = decode_map(&read_bytes(&mut c, headers_ptr, headers_len)?)?;
+            let body = read_bytes(&mut c, body_ptr, body_len)?;
+            match http_call(&mut c, upstream, headers, body, timeout_ms as u32)? {
+                Ok(token) => {
+                    write_u32(&mut c, token_out, token)?;
+                    Ok(OK)
+                }
+                Err(status) => Ok(status),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |_c: Ctx<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> Result<i32> { Err(unsupported("proxy_grpc_call")) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |_c: Ctx<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> Result<i32> { Err(unsupported("proxy_grpc_stream")) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
+            Err(unsupported("proxy_grpc_send"))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_cancel",
+        |_c: Ctx<'_>, _: i32| -> Result<i32> { Err(unsupported("proxy_grpc_cancel")) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_close",
+        |_c: Ctx<'_>, _: i32| -> Result<i32> { Err(unsupported("proxy_grpc_close")) },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut c: Ctx<'_>, code_out: i32, data_out: i32, size_out: i32| -> Result<i32> {
+            let (code, message) = c.data().last_status.clone();
+            write_u32(&mut c, code_out, code)?;
+            return_bytes(&mut c, message.as_bytes(), data_out, size_out)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Ctx<'_>, context: i32| -> Result<i32> {
+            let state = c.data_mut();
+            let context = context as u32;
+            let alive = context == ROOT_CONTEXT_ID
+                || state
+                    .requests
+                    .get(&context)
+                    .is_some_and(|r| !matches!(r.phase, Phase::Completed | Phase::Failed(_)));
+            if !alive {
+                return Ok(BAD_ARGUMENT);
+            }
+            state.effective_context = context;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> Result<i32> {
+            // No foreign function is registered, as on a gateway without extensions.
+            Ok(NOT_FOUND)
+        },
+    )?;
+    linker.func_wrap("env", "proxy_done", |_c: Ctx<'_>| -> Result<i32> { Ok(OK) })?;
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut c: Ctx<'_>, kind: i32, name_ptr: i32, name_len: i32, id_out: i32| -> Result<i32> {
+            let Some(kind) = MetricKind::from_abi(kind) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let name = read_string(&mut c, name_ptr, name_len)?;
+            let id = c.data().shared.metrics().define(kind, &name);
+            write_u32(&mut c, id_out, id)?;
+            Ok(OK)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Ctx<'_>, id: i32, out: i32| -> Result<i32> {
+            let value = c.data().shared.metrics().get(id as u32);
+            match value {
+                Ok(value) => {
+                    write_u64(&mut c, out, value)?;
+                    Ok(OK)
+                }
+                Err(error) => Ok(metric_status(error)),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Ctx<'_>, id: i32, value: i64| -> Result<i32> {
+            let recorded = c.data().shared.metrics().record(id as u32, value as u64);
+            Ok(recorded.map_or_else(metric_status, |()| OK))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Ctx<'_>, id: i32, offset: i64| -> Result<i32> {
+            let incremented = c.data().shared.metrics().increment(id as u32, offset);
+            Ok(incremented.map_or_else(metric_status, |()| OK))
+        },
+    )?;
+    Ok(())
+}
+
+fn metric_status(error: MetricError) -> i32 {
+    match error {
+        MetricError::NotFound => NOT_FOUND,
+        MetricError::BadArgument => BAD_ARGUMENT,
+    }
+}
