@@ -49,6 +49,14 @@ demo-check:
 services:
 	cargo test -p echo-service -p consul-enricher-standins
 
+## fuzz-smoke: every fuzz target for about 30 seconds (installs nightly and cargo-fuzz if missing)
+fuzz-smoke:
+	tests/fuzz/smoke.sh
+
+## fuzz: every fuzz target for 10 million executions (about 40 minutes)
+fuzz:
+	tests/fuzz/run.sh -runs=10000000
+
 clean:
 	cargo clean
 	rm -rf dist
