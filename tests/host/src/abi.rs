@@ -860,3 +860,27 @@ fn metric_status(error: MetricError) -> i32 {
         MetricError::BadArgument => BAD_ARGUMENT,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_maps_round_trip_in_the_sdk_layout() {
+        let pairs = vec![
+            (":status".to_string(), "200".to_string()),
+            ("x-empty".to_string(), String::new()),
+        ];
+        let bytes = encode_map(&pairs);
+        assert_eq!(&bytes[..4], &2u32.to_le_bytes());
+        assert_eq!(decode_map(&bytes).unwrap(), pairs);
+        assert!(decode_map(&bytes[..bytes.len() - 3]).is_err());
+        assert!(decode_map(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn property_paths_join_segments_with_dots() {
+        assert_eq!(property_path(b"upstream\0address"), "upstream.address");
+        assert_eq!(property_path(b"kong\0ctx\0shared\0x"), "kong.ctx.shared.x");
+    }
+}

@@ -184,3 +184,65 @@ impl Metrics {
         self.metrics.iter().map(|m| m.name.clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_and_swap_refuses_a_stale_cas() {
+        let mut data = SharedData::new(Flavour::Envoy, Vec::new());
+        data.set("k", b"1", 0).unwrap();
+        let first = data.get("k").unwrap().unwrap();
+        assert_ne!(first.cas, 0);
+        data.set("k", b"2", first.cas).unwrap();
+        let second = data.get("k").unwrap().unwrap();
+        assert_eq!(second.value, b"2");
+        assert_ne!(second.cas, first.cas);
+        assert!(matches!(
+            data.set("k", b"3", first.cas),
+            Err(SharedDataError::CasMismatch)
+        ));
+        assert_eq!(data.get("k").unwrap().unwrap().value, b"2");
+        data.set("k", b"4", 0).unwrap();
+        assert_eq!(data.get("k").unwrap().unwrap().value, b"4");
+    }
+
+    #[test]
+    fn kong_keys_need_a_configured_zone() {
+        let mut data = SharedData::new(Flavour::Kong, vec!["cache".to_string()]);
+        data.set("cache/a", b"x", 0).unwrap();
+        assert!(matches!(
+            data.set("other/a", b"x", 0),
+            Err(SharedDataError::UnknownZone(zone)) if zone == "other"
+        ));
+        assert!(matches!(
+            data.get("plain"),
+            Err(SharedDataError::UnknownZone(zone)) if zone == "*"
+        ));
+        let mut data = SharedData::new(Flavour::Kong, vec!["*".to_string()]);
+        assert!(data.set("plain", b"x", 0).is_ok());
+    }
+
+    #[test]
+    fn metrics_are_shared_by_name_and_counters_only_grow() {
+        let mut metrics = Metrics::default();
+        let a = metrics.define(MetricKind::Counter, "requests");
+        let b = metrics.define(MetricKind::Counter, "requests");
+        assert_eq!(a, b);
+        metrics.increment(a, 2).unwrap();
+        metrics.increment(b, 3).unwrap();
+        assert_eq!(metrics.value_of("requests"), Some(5));
+        assert!(matches!(
+            metrics.increment(a, -1),
+            Err(MetricError::BadArgument)
+        ));
+        assert!(matches!(
+            metrics.increment(99, 1),
+            Err(MetricError::NotFound)
+        ));
+        let gauge = metrics.define(MetricKind::Gauge, "queue");
+        metrics.record(gauge, 7).unwrap();
+        assert_eq!(metrics.get(gauge).unwrap(), 7);
+    }
+}
