@@ -205,9 +205,7 @@ fn settle(host: &Host, waiter: Waiter) -> Option<Waiter> {
     let handle = match &waiter {
         Waiter::Request(handle, _) | Waiter::Response(handle, _) => *handle,
     };
-    let Some(record) = host.record(handle) else {
-        return None;
-    };
+    let record = host.record(handle)?;
     let local = record.local_response.clone().map(Verdict::Local);
     match waiter {
         Waiter::Request(handle, reply) => {
