@@ -34,6 +34,8 @@ wasm-unit:
 
 ## integration: the real .wasm in the wasmtime test host, Kong and Envoy flavours
 integration: build
+	CONSUL_ENRICHER_WASM=$(CURDIR)/dist/consul_enricher.wasm \
+	BASELINE_FILTER_WASM=$(CURDIR)/target/$(WASM_TARGET)/release/baseline_filter.wasm \
 	cargo test -p consul-enricher-test-host
 
 ## demo: build the filter, then the whole stack with docker compose (Ctrl-C stops it)

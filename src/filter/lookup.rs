@@ -221,11 +221,11 @@ impl Shared {
                 Rc::new(entry)
             }
             Err(err) => {
-                // Kong names a timeout in `:dispatch_status`; Envoy reports every failure
-                // alike, so a failure that took the whole timeout counts as one.
+                // Kong names a timeout in `:dispatch_status`; Envoy answers a 504 or a bare
+                // failure, so a failed call that took the whole timeout counts as one.
                 let timeout_ms = u64::from(self.config.consul.timeout_ms);
                 let timed_out = dispatch_status.as_deref() == Some("timeout")
-                    || (failed && host::now_ms().saturating_sub(sent_ms) >= timeout_ms);
+                    || host::now_ms().saturating_sub(sent_ms) >= timeout_ms;
                 if timed_out {
                     host::increment(self.metrics.consul_timeouts, 1);
                 } else {

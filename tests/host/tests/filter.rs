@@ -311,8 +311,6 @@ fn consul_down_costs_one_failed_call_then_backoff() {
 }
 
 #[test]
-#[ignore = "filter: under Envoy a dispatch timeout arrives as `:status 504` with headers \
-            (router local reply), which the filter counts as an error, not a timeout"]
 fn consul_slower_than_the_timeout_is_counted_as_a_timeout() {
     for flavour in Flavour::ALL {
         let consul = consul_with_echo(ConsulOptions::default());
