@@ -28,6 +28,9 @@ npx --yes -p binaryen@132.0.0 wasm-opt -Oz \
 export CONSUL_ENRICHER_WASM="$PWD/dist/consul_enricher.wasm"
 export BASELINE_FILTER_WASM="$target_dir/bench/baseline_filter.wasm"
 
+# bench-host runs the gateway binary from its own directory.
+cargo build --profile host -p consul-enricher-gateway --bin gateway
+
 if [ "$quick" = 1 ]; then
   # Each micro-benchmark runs once, as a test.
   cargo test --profile host -p consul-enricher-bench --benches
