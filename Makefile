@@ -6,7 +6,7 @@ CARGO_WASM := target/$(WASM_TARGET)/release/consul_enricher.wasm
 WASM_OPT := npx --yes -p binaryen@132.0.0 wasm-opt
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int
 
-.PHONY: build test lint unit wasm-unit integration services demo-check demo-check demo e2e bench bench-smoke fuzz fuzz-smoke clean
+.PHONY: build test lint unit wasm-unit integration services demo-check demo demo-local e2e-deps e2e bench bench-smoke fuzz fuzz-smoke clean
 
 ## build: the filter (dist/consul_enricher.wasm + its Kong schema) and the baseline fixture
 build:
@@ -17,7 +17,7 @@ build:
 	@echo "consul_enricher.wasm: $$(wc -c < dist/consul_enricher.wasm) bytes"
 
 ## test: everything CI runs
-test: lint unit wasm-unit build integration services demo-check
+test: lint unit wasm-unit build integration services demo-check e2e bench-smoke fuzz-smoke
 
 lint:
 	cargo fmt --all -- --check
@@ -38,9 +38,32 @@ integration: build
 	BASELINE_FILTER_WASM=$(CURDIR)/target/$(WASM_TARGET)/release/baseline_filter.wasm \
 	cargo test -p consul-enricher-test-host
 
-## demo: build the filter, then the whole stack with docker compose (Ctrl-C stops it)
+## demo: the whole stack with docker compose (Ctrl-C stops it); without Docker, the same
+## path on this machine (stand-ins, echo-service x2, the filter in the test host, Chromium)
+## and the span tree of one click printed to the terminal
 demo:
-	tests/demo/up.sh
+	@if docker compose version >/dev/null 2>&1; then tests/demo/up.sh; else $(MAKE) demo-local; fi
+
+demo-local: e2e-deps
+	cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs --demo
+
+# What the browser runs need: the filter, the page, the binaries, playwright-core.
+e2e-deps: build
+	cd web && npm ci --no-audit --no-fund && npm run build
+	cargo build -p consul-enricher-gateway -p echo-service -p consul-enricher-standins --bins
+	cd tests/e2e && npm ci --no-audit --no-fund
+
+## e2e: headless Chromium clicks the page 20 times per gateway flavour; every trace is checked
+e2e: e2e-deps
+	cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs --flavour kong --flavour envoy
+
+## bench: every figure of the README's benchmark table
+bench:
+	tests/bench/run.sh
+
+## bench-smoke: the benchmarks run briefly (that they run, never how fast)
+bench-smoke:
+	tests/bench/smoke.sh
 
 ## demo-check: the demo files without Docker: Compose schema, filter configs against the
 ## Kong schema, cross-file consistency, the Kong companion's test, the page's build and test

@@ -4,7 +4,8 @@
 # throughput through the gateway, Consul load, memory and size, each beside the baseline
 # filter measured in the same run. Ends with the machine-readable `key value` lines.
 #
-# `tests/bench/run.sh --quick` does all of it briefly (tests/bench/smoke.sh uses it).
+# `tests/bench/run.sh --quick` does all of it briefly (tests/bench/smoke.sh uses it), on the
+# dev profile the other tests already built: its figures only show that everything runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,14 +29,15 @@ npx --yes -p binaryen@132.0.0 wasm-opt -Oz \
 export CONSUL_ENRICHER_WASM="$PWD/dist/consul_enricher.wasm"
 export BASELINE_FILTER_WASM="$target_dir/bench/baseline_filter.wasm"
 
+if [ "$quick" = 1 ]; then profile=dev; else profile=host; fi
 # bench-host runs the gateway binary from its own directory.
-cargo build --profile host -p consul-enricher-gateway --bin gateway
+cargo build --profile "$profile" -p consul-enricher-gateway --bin gateway
 
 if [ "$quick" = 1 ]; then
   # Each micro-benchmark runs once, as a test.
-  cargo test --profile host -p consul-enricher-bench --benches
-  cargo run --profile host -p consul-enricher-bench --bin bench-host -- --quick
+  cargo test --profile "$profile" -p consul-enricher-bench --benches
+  cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host -- --quick
 else
-  cargo bench --profile host -p consul-enricher-bench --bench filter_logic
-  cargo run --profile host -p consul-enricher-bench --bin bench-host
+  cargo bench --profile "$profile" -p consul-enricher-bench --bench filter_logic
+  cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host
 fi
