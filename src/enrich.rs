@@ -71,15 +71,14 @@ fn value_set<'a>(
     Some(joined)
 }
 
-/// The enrichment of a request whose service is `service`, given the cached instances
-/// (empty when the lookup found nothing usable) and the incoming baggage members the
-/// configuration asks to copy (`baggage.read_keys`).
-pub fn for_request(
+/// The service-level enrichment of `service`, given the cached instances (empty when the
+/// lookup found nothing usable). It is the same for every request to that service with the
+/// same lookup outcome, so the filter computes it once per cache entry.
+pub fn for_service(
     config: &Config,
     service: &str,
     instances: &[Instance],
     lookup: Lookup,
-    read_baggage: &[(String, String)],
 ) -> Enrichment {
     let mut e = Enrichment::default();
     str_attr(&mut e.attributes, "service.peer.name", service);
@@ -87,9 +86,6 @@ pub fn for_request(
         "consul.lookup".to_string(),
         AttrValue::Str(lookup.label().to_string()),
     ));
-    for (k, v) in read_baggage {
-        str_attr(&mut e.attributes, k, v);
-    }
     if instances.is_empty() {
         return e;
     }
@@ -146,6 +142,16 @@ pub fn for_request(
         }
     }
     e
+}
+
+/// Attributes of the incoming baggage members the configuration asks to copy
+/// (`baggage.read_keys`), such as the UI component.
+pub fn baggage_attributes(read_baggage: &[(String, String)]) -> Attributes {
+    let mut attrs = Attributes::new();
+    for (k, v) in read_baggage {
+        str_attr(&mut attrs, k, v);
+    }
+    attrs
 }
 
 /// A socket address as the host reports `upstream.address`: `ip:port` or `[ipv6]:port`.
@@ -248,22 +254,30 @@ pub fn to_json_object(attrs: &Attributes) -> String {
     out
 }
 
-/// Writes `s` as a JSON string literal.
+/// Writes `s` as a JSON string literal. Runs that need no escape are copied whole: this
+/// runs twice per request on Kong, over every attribute.
 pub fn json_string(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
+    let mut run_start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b != b'"' && b != b'\\' && b >= 0x20 {
+            continue;
+        }
+        // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
+        out.push_str(s.get(run_start..i).unwrap_or_default());
+        run_start = i + 1;
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            _ => {
                 out.push_str("\\u00");
-                out.push(char::from(HEX[(c as usize) >> 4]));
-                out.push(char::from(HEX[(c as usize) & 0xf]));
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
             }
-            c => out.push(c),
         }
     }
+    out.push_str(s.get(run_start..).unwrap_or_default());
     out.push('"');
 }
 
@@ -314,7 +328,7 @@ mod tests {
             instance("a", "10.0.0.1", 80, "1.0", "eu"),
             instance("b", "10.0.0.2", 80, "1.0", "eu"),
         ];
-        let e = for_request(&cfg, "echo", &inst, Lookup::Hit, &[]);
+        let e = for_service(&cfg, "echo", &inst, Lookup::Hit);
         assert_eq!(header(&e, "x-consul-service"), Some("echo"));
         assert_eq!(header(&e, "x-consul-datacenter"), Some("dc1"));
         assert_eq!(header(&e, "x-consul-meta-version"), Some("1.0"));
@@ -345,7 +359,7 @@ mod tests {
             instance("b", "10.0.0.2", 80, "1.0", "eu"),
             instance("c", "10.0.0.3", 80, "2.0", "eu"),
         ];
-        let e = for_request(&cfg, "echo", &inst, Lookup::Stale { refresh: true }, &[]);
+        let e = for_service(&cfg, "echo", &inst, Lookup::Stale { refresh: true });
         assert_eq!(header(&e, "x-consul-meta-version"), Some("1.0,2.0"));
         assert_eq!(header(&e, "x-consul-meta-region"), Some("eu,us"));
         assert_eq!(header(&e, "x-consul-lookup"), Some("stale"));
@@ -355,12 +369,12 @@ mod tests {
     fn nothing_usable_adds_only_attributes() {
         let cfg = Config::default();
         let read = vec![("ui.component".to_string(), "checkout-form".to_string())];
-        let e = for_request(&cfg, "echo", &[], Lookup::Backoff, &read);
+        let e = for_service(&cfg, "echo", &[], Lookup::Backoff);
         assert!(e.headers.is_empty());
         assert!(e.baggage.is_empty());
         assert_eq!(attr(&e.attributes, "consul.lookup"), Some(&s("error")));
         assert_eq!(
-            attr(&e.attributes, "ui.component"),
+            attr(&baggage_attributes(&read), "ui.component"),
             Some(&s("checkout-form"))
         );
     }
@@ -372,7 +386,7 @@ mod tests {
         cfg.meta_keys = vec!["region".into(), "absent".into()];
         cfg.baggage.enabled = false;
         let inst = [instance("a", "10.0.0.1", 80, "1.0", "eu")];
-        let e = for_request(&cfg, "echo", &inst, Lookup::Miss, &[]);
+        let e = for_service(&cfg, "echo", &inst, Lookup::Miss);
         assert_eq!(header(&e, "x-svc-meta-region"), Some("eu"));
         assert_eq!(header(&e, "x-svc-meta-version"), None);
         assert_eq!(header(&e, "x-svc-meta-absent"), None);
@@ -395,7 +409,7 @@ mod tests {
             "eu\0",
         );
         evil.datacenter = "x".repeat(5000);
-        let e = for_request(&cfg, "echo", &[evil.clone()], Lookup::Hit, &[]);
+        let e = for_service(&cfg, "echo", &[evil.clone()], Lookup::Hit);
         for (n, v) in e.headers.iter().chain(e.baggage.iter()) {
             assert!(v.bytes().all(|b| b >= 0x20 && b != 0x7f), "{n}: {v:?}");
             assert!(v.len() <= MAX_VALUE_LEN);
@@ -480,6 +494,25 @@ mod tests {
         ];
         assert_eq!(to_json_object(&a), r#"{"a\"b":"line\u000abreak\\","n":-5}"#);
         assert_eq!(to_json_object(&Vec::new()), "{}");
+    }
+
+    #[test]
+    fn json_string_parses_back_to_its_input() {
+        for input in [
+            "",
+            "plain",
+            "\"",
+            "\\\\",
+            "a\u{1}b\u{1f}c\u{7f}",
+            "Zürich ✓ \"quoted\" \\ end",
+            "\u{0}",
+            "tail\n",
+        ] {
+            let mut out = String::new();
+            json_string(input, &mut out);
+            let back: String = serde_json::from_str(&out).expect("valid JSON string");
+            assert_eq!(back, input, "{out}");
+        }
     }
 
     #[test]

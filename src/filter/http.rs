@@ -78,25 +78,27 @@ impl HttpContext for Http {
                 }
             });
 
-        let raw_baggage = request_header("baggage");
-        let mut baggage_valid = true;
-        let mut read_baggage = Vec::new();
-        if let Some(raw) = &raw_baggage {
-            match Baggage::parse(raw) {
-                Ok(b) => {
-                    for key in &config.baggage.read_keys {
-                        if let Some(v) = b.get(key) {
-                            read_baggage.push((key.clone(), v));
-                        }
-                    }
-                }
-                Err(e) => {
-                    baggage_valid = false;
+        let baggage = match request_header("baggage") {
+            None => Some(Baggage::default()),
+            Some(raw) => Baggage::parse(&raw)
+                .map_err(|e| {
                     host::increment(shared.metrics.invalid_baggage, 1);
                     log_invalid(&shared, "baggage", e.as_str());
-                }
+                })
+                .ok(),
+        };
+        let baggage_attributes = match &baggage {
+            Some(b) => {
+                let read: Vec<(String, String)> = config
+                    .baggage
+                    .read_keys
+                    .iter()
+                    .filter_map(|key| b.get(key).map(|v| (key.clone(), v)))
+                    .collect();
+                enrich::baggage_attributes(&read)
             }
-        }
+            None => Vec::new(),
+        };
 
         let span_id = match &trace {
             Some(t) if config.spans.enabled && t.sampled() => {
@@ -144,13 +146,12 @@ impl HttpContext for Http {
                 trace,
                 span_id,
                 start_nanos,
-                baggage: if baggage_valid { raw_baggage } else { None },
-                baggage_valid,
-                read_baggage,
+                baggage,
+                baggage_attributes,
                 lookup_started_ms: start_nanos / 1_000_000,
                 entry: None,
                 attributes: Vec::new(),
-                response_headers: Vec::new(),
+                service: None,
             },
         );
         let Some(name) = name else {
@@ -213,7 +214,8 @@ impl HttpContext for Http {
             let instance_headers = instance
                 .map(|i| enrich::instance_headers(config, i))
                 .unwrap_or_default();
-            for (name, value) in req.response_headers.iter().chain(instance_headers.iter()) {
+            let service_headers = req.service.as_ref().map_or(&[][..], |e| &e.headers[..]);
+            for (name, value) in service_headers.iter().chain(instance_headers.iter()) {
                 host::set_header(MapType::HttpResponseHeaders, name, value);
             }
         }

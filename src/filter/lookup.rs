@@ -6,16 +6,17 @@
 
 use std::rc::Rc;
 
+use hashbrown::HashMap;
+
 use proxy_wasm::types::{MapType, Status};
 
 use super::host;
 use super::{Call, Memo, Pending, Shared};
 use crate::cache::{decide, encode_lease, lease_held, Entry, Lookup};
-use crate::config::HostKind;
+use crate::config::{Config, HostKind};
 use crate::consul::{catalog_path, parse_catalog};
-use crate::enrich;
+use crate::enrich::{self, Attributes, Enrichment};
 use crate::service_name::ServiceTarget;
-use crate::trace_context::Baggage;
 
 /// Most decoded entries a worker keeps; beyond that the memo starts over.
 const MAX_MEMO: usize = 4096;
@@ -60,6 +61,7 @@ impl Shared {
             Memo {
                 cas,
                 entry: Rc::clone(&entry),
+                service: None,
             },
         );
         Some(entry)
@@ -349,48 +351,49 @@ impl Shared {
     pub fn apply(&self, context_id: u32, entry: Option<Rc<Entry>>, lookup: Lookup) {
         let now = host::now_ms();
         let mut state = self.state.borrow_mut();
-        let Some(req) = state.requests.get_mut(&context_id) else {
-            return;
-        };
-        let Some(target) = req.target.as_ref() else {
+        let Some(service) = state
+            .requests
+            .get(&context_id)
+            .and_then(|r| r.target.as_ref())
+            .map(|t| t.name.clone())
+        else {
             return;
         };
         let usable = matches!(lookup, Lookup::Hit | Lookup::Stale { .. } | Lookup::Miss);
-        let instances = match (&entry, usable) {
-            (Some(e), true) => e.instances.as_slice(),
-            _ => &[],
+        let entry = entry.filter(|_| usable);
+        let e = service_enrichment(&self.config, &mut state.memo, &service, &entry, lookup);
+        let Some(req) = state.requests.get_mut(&context_id) else {
+            return;
         };
-        let e = enrich::for_request(
-            &self.config,
-            &target.name,
-            instances,
-            lookup,
-            &req.read_baggage,
-        );
         if self.config.headers.request {
             for (name, value) in &e.headers {
                 host::set_header(MapType::HttpRequestHeaders, name, value);
             }
         }
-        if !e.baggage.is_empty() && req.baggage_valid {
-            if let Some(header) = with_members(req.baggage.as_deref(), &e.baggage) {
-                host::set_header(MapType::HttpRequestHeaders, "baggage", &header);
+        if let Some(baggage) = req.baggage.as_mut() {
+            let mut added = false;
+            for (k, v) in &e.baggage {
+                added |= baggage.append(k, v).is_ok();
+            }
+            if added {
+                host::set_header(MapType::HttpRequestHeaders, "baggage", &baggage.to_header());
             }
         }
         if !e.headers.is_empty() {
             host::increment(self.metrics.enriched, 1);
         }
         host::increment(lookup.metric(&self.metrics), 1);
-        if self.config.headers.response {
-            req.response_headers = e.headers;
-        }
-        req.attributes = e.attributes;
-        req.attributes.push((
+        let mut attributes = Attributes::with_capacity(e.attributes.len() + 8);
+        attributes.extend_from_slice(&e.attributes);
+        attributes.append(&mut req.baggage_attributes);
+        attributes.push((
             "consul.lookup.duration_ms".to_string(),
             enrich::AttrValue::Int(
                 i64::try_from(now.saturating_sub(req.lookup_started_ms)).unwrap_or(i64::MAX),
             ),
         ));
+        req.attributes = attributes;
+        req.service = Some(e);
         req.entry = entry;
         if self.config.host == HostKind::Kong && self.config.kong_ctx_shared {
             write_kong_ctx(&req.attributes);
@@ -398,18 +401,33 @@ impl Shared {
     }
 }
 
-/// The request's baggage with our members appended; None when the caller's baggage was
-/// invalid (it passes through untouched) or nothing could be added.
-fn with_members(existing: Option<&str>, members: &[(String, String)]) -> Option<String> {
-    let mut baggage = Baggage::parse(existing.unwrap_or("")).ok()?;
-    let mut added = false;
-    for (k, v) in members {
-        added |= baggage.append(k, v).is_ok();
+/// The service-level enrichment for `entry` at this lookup outcome, from the memo when it
+/// was computed for the same decoded entry and outcome.
+fn service_enrichment(
+    config: &Config,
+    memo: &mut HashMap<String, Memo>,
+    service: &str,
+    entry: &Option<Rc<Entry>>,
+    lookup: Lookup,
+) -> Rc<Enrichment> {
+    let label = lookup.label();
+    let memo = memo
+        .get_mut(service)
+        .filter(|m| entry.as_ref().is_some_and(|e| Rc::ptr_eq(e, &m.entry)));
+    if let Some((memo_label, e)) = memo.as_ref().and_then(|m| m.service.as_ref()) {
+        if *memo_label == label {
+            return Rc::clone(e);
+        }
     }
-    added.then(|| baggage.to_header())
+    let instances = entry.as_ref().map_or(&[][..], |e| &e.instances[..]);
+    let e = Rc::new(enrich::for_service(config, service, instances, lookup));
+    if let Some(m) = memo {
+        m.service = Some((label, Rc::clone(&e)));
+    }
+    e
 }
 
-pub fn write_kong_ctx(attributes: &enrich::Attributes) {
+pub fn write_kong_ctx(attributes: &Attributes) {
     host::set_property(
         &["kong", "ctx", "shared", "consul_enricher"],
         enrich::to_json_object(attributes).as_bytes(),

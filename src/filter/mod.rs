@@ -20,10 +20,10 @@ use proxy_wasm::types::LogLevel;
 
 use crate::cache::{Entry, Lookup};
 use crate::config::Config;
-use crate::enrich::Attributes;
+use crate::enrich::{Attributes, Enrichment};
 use crate::service_name::ServiceTarget;
 use crate::span::{SpanIds, SpanRecord};
-use crate::trace_context::TraceParent;
+use crate::trace_context::{Baggage, TraceParent};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -77,16 +77,19 @@ pub struct RequestState {
     /// Our span id when this request is traced by the filter's own span.
     pub span_id: Option<[u8; 8]>,
     pub start_nanos: u64,
-    /// The caller's baggage when it was valid (ours is appended to it).
-    pub baggage: Option<String>,
-    /// False when the caller's baggage was malformed: it then passes through untouched.
-    pub baggage_valid: bool,
-    pub read_baggage: Vec<(String, String)>,
+    /// The caller's baggage, parsed (empty when absent), that ours is appended to; None when
+    /// it was malformed: it then passes through untouched.
+    pub baggage: Option<Baggage>,
+    /// Attributes from the caller's baggage members named in `baggage.read_keys`.
+    pub baggage_attributes: Attributes,
     pub lookup_started_ms: u64,
     pub entry: Option<Rc<Entry>>,
+    /// Everything the span and `kong.ctx.shared` get: service level, then request level,
+    /// then instance level.
     pub attributes: Attributes,
-    /// Service-level headers repeated on the response (`headers.response`).
-    pub response_headers: Vec<(String, String)>,
+    /// The service-level enrichment applied (its headers are repeated on the response with
+    /// `headers.response`).
+    pub service: Option<Rc<Enrichment>>,
 }
 
 /// A Consul lookup this worker is waiting for, with the requests paused on it.
@@ -106,10 +109,12 @@ pub enum Call {
 }
 
 /// The decoded entry of a service with the shared-data CAS it was read at, so that an
-/// unchanged value is not decoded again.
+/// unchanged value is not decoded again, and its service-level enrichment, so that it is
+/// not computed again for every request (with the lookup label it was computed for).
 pub struct Memo {
     pub cas: Option<u32>,
     pub entry: Rc<Entry>,
+    pub service: Option<(&'static str, Rc<Enrichment>)>,
 }
 
 pub struct WorkerState {

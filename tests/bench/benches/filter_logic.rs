@@ -75,31 +75,16 @@ fn enrichment(c: &mut Criterion) {
     .expect("the sample catalog parses");
     let entry = Entry::from_answer(catalog.instances, 4242, 1_700_000_000_000, &config.cache);
     let encoded = entry.encode();
-    let read_baggage = vec![("ui.component".to_string(), "checkout-button".to_string())];
 
     let mut group = c.benchmark_group("enrich");
     group.bench_function("cache_entry_decode_3_instances", |b| {
         b.iter(|| Entry::decode(black_box(&encoded)))
     });
-    group.bench_function("for_request_3_instances", |b| {
-        b.iter(|| {
-            enrich::for_request(
-                &config,
-                black_box("echo"),
-                &entry.instances,
-                Lookup::Hit,
-                &read_baggage,
-            )
-        })
+    group.bench_function("for_service_3_instances", |b| {
+        b.iter(|| enrich::for_service(&config, black_box("echo"), &entry.instances, Lookup::Hit))
     });
     group.bench_function("baggage_append_members", |b| {
-        let e = enrich::for_request(
-            &config,
-            "echo",
-            &entry.instances,
-            Lookup::Hit,
-            &read_baggage,
-        );
+        let e = enrich::for_service(&config, "echo", &entry.instances, Lookup::Hit);
         b.iter(|| {
             let mut baggage = Baggage::parse(black_box(BAGGAGE)).expect("sample baggage parses");
             for (k, v) in &e.baggage {

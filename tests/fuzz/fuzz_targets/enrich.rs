@@ -11,7 +11,7 @@ use consul_enricher::cache::Lookup;
 use consul_enricher::config::{Config, ConsulConfig};
 use consul_enricher::consul::parse_catalog;
 use consul_enricher::enrich::{
-    for_instance, for_request, instance_headers, match_instance, to_json_object, AttrValue,
+    baggage_attributes, for_instance, for_service, instance_headers, match_instance, to_json_object, AttrValue,
     Attributes, MAX_VALUE_LEN,
 };
 use consul_enricher::json::{self, Json};
@@ -71,7 +71,8 @@ fuzz_target!(|input: &[u8]| {
         .collect();
     let lookup = LOOKUPS[input.len() % LOOKUPS.len()];
 
-    let e = for_request(&config, service, instances, lookup, &read_baggage);
+    let e = for_service(&config, service, instances, lookup);
+    assert_clean_attributes(&baggage_attributes(&read_baggage));
     for (name, value) in &e.headers {
         assert_token("header name", name);
         assert!(name.starts_with(&config.headers.prefix));
