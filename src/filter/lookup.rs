@@ -18,8 +18,10 @@ use crate::consul::{catalog_path, parse_catalog};
 use crate::enrich::{self, Attributes, Enrichment};
 use crate::service_name::ServiceTarget;
 
-/// Most decoded entries a worker keeps; beyond that the memo starts over.
-const MAX_MEMO: usize = 4096;
+/// Most services whose decoded entry and enrichment a worker keeps (about 2 KB each with
+/// three instances); beyond that the memo starts over. Wasm memory never shrinks, so this
+/// bounds the worker's peak.
+const MAX_MEMO: usize = 1024;
 
 pub enum MissOutcome {
     /// The request waits for a Consul answer.
