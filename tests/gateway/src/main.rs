@@ -92,11 +92,15 @@ async fn serve(gateway: Arc<Gateway>) -> Result<()> {
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
             let service = service_fn(move |request| Arc::clone(&gateway).serve(request));
-            if let Err(error) = http1::Builder::new()
+            let served = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                eprintln!("gateway: connection: {error}");
+                .await;
+            // A client closing its keep-alive connection mid-request (wrk does at the end
+            // of a run) is routine, not an error worth a line.
+            if let Err(error) = served {
+                if !error.is_incomplete_message() {
+                    eprintln!("gateway: connection: {error}");
+                }
             }
         });
     }
