@@ -6,7 +6,7 @@
 //! - configuration: a JSON-free `key=value;...` string (`refuse=1` refuses it,
 //!   `dispatch=<upstream>` makes requests carrying `x-baseline-dispatch: 1` pause on a
 //!   dispatched `GET /baseline`, `authority=` and `path=` shape that call,
-//!   `tick_ms=` sets the tick period);
+//!   `timeout_ms=` bounds it (500 by default), `tick_ms=` sets the tick period);
 //! - shared data: every request increments the counter `baseline/requests` with a
 //!   compare-and-swap loop, so concurrent workers prove the host's CAS;
 //! - metrics: `baseline_requests_total`, `baseline_ticks_total`;
@@ -30,6 +30,7 @@ struct Settings {
     dispatch_upstream: Option<String>,
     dispatch_authority: String,
     dispatch_path: String,
+    dispatch_timeout_ms: u64,
     tick_ms: u64,
 }
 
@@ -44,6 +45,7 @@ fn parse_settings(text: &str) -> Result<Settings, String> {
     let mut settings = Settings {
         dispatch_authority: "baseline".to_string(),
         dispatch_path: "/baseline".to_string(),
+        dispatch_timeout_ms: 500,
         ..Settings::default()
     };
     for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
@@ -56,6 +58,11 @@ fn parse_settings(text: &str) -> Result<Settings, String> {
             "dispatch" => settings.dispatch_upstream = Some(value.to_string()),
             "authority" => settings.dispatch_authority = value.to_string(),
             "path" => settings.dispatch_path = value.to_string(),
+            "timeout_ms" => {
+                settings.dispatch_timeout_ms = value
+                    .parse()
+                    .map_err(|_| format!("timeout_ms `{value}` is not a number"))?
+            }
             "tick_ms" => {
                 settings.tick_ms = value
                     .parse()
@@ -184,7 +191,13 @@ impl HttpContext for BaselineHttp {
             (":path", self.settings.dispatch_path.as_str()),
             (":authority", self.settings.dispatch_authority.as_str()),
         ];
-        match self.dispatch_http_call(upstream, headers, None, vec![], Duration::from_millis(500)) {
+        match self.dispatch_http_call(
+            upstream,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(self.settings.dispatch_timeout_ms),
+        ) {
             Ok(_) => Action::Pause,
             Err(status) => {
                 log::warn!("baseline: dispatch refused: {status:?}");

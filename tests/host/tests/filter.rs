@@ -36,9 +36,10 @@ fn host_options(flavour: Flavour, workers: usize, consul: &str, extra: Value) ->
         Flavour::Kong => consul.to_string(),
         Flavour::Envoy => "consul".to_string(),
     };
+    // Long enough for a loaded CI machine to answer, shorter than the slow-Consul fault.
     let mut config = json!({
         "host": flavour.name(),
-        "consul": {"upstream": upstream, "timeout_ms": 300},
+        "consul": {"upstream": upstream, "timeout_ms": 1000},
     });
     merge(&mut config, &extra);
     let wasm = artifacts::filter_wasm().expect("consul_enricher.wasm builds");
