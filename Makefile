@@ -44,8 +44,11 @@ integration: build
 demo:
 	@if docker compose version >/dev/null 2>&1; then tests/demo/up.sh; else $(MAKE) demo-local; fi
 
+# The browser runner, on the binaries e2e-deps builds.
+E2E_RUN := cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs
+
 demo-local: e2e-deps
-	cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs --demo
+	$(E2E_RUN) --demo
 
 # What the browser runs need: the filter, the page, the binaries, playwright-core.
 e2e-deps: build
@@ -55,7 +58,7 @@ e2e-deps: build
 
 ## e2e: headless Chromium clicks the page 20 times per gateway flavour; every trace is checked
 e2e: e2e-deps
-	cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs --flavour kong --flavour envoy
+	$(E2E_RUN) --flavour kong --flavour envoy
 
 ## bench: every figure of the README's benchmark table
 bench:

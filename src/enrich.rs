@@ -9,6 +9,7 @@ use crate::cache::Lookup;
 use crate::config::Config;
 use crate::consul::Instance;
 use crate::header_value::sanitize;
+use crate::trace_context::Baggage;
 
 /// Longest value the filter writes into one header, baggage member or attribute.
 pub const MAX_VALUE_LEN: usize = 256;
@@ -144,12 +145,14 @@ pub fn for_service(
     e
 }
 
-/// Attributes of the incoming baggage members the configuration asks to copy
-/// (`baggage.read_keys`), such as the UI component.
-pub fn baggage_attributes(read_baggage: &[(String, String)]) -> Attributes {
+/// Attributes of the caller's baggage members named in `read_keys` (the configuration's
+/// `baggage.read_keys`), such as the UI component.
+pub fn baggage_attributes(baggage: &Baggage, read_keys: &[String]) -> Attributes {
     let mut attrs = Attributes::new();
-    for (k, v) in read_baggage {
-        str_attr(&mut attrs, k, v);
+    for key in read_keys {
+        if let Some(value) = baggage.get(key) {
+            str_attr(&mut attrs, key, &value);
+        }
     }
     attrs
 }
@@ -368,14 +371,24 @@ mod tests {
     #[test]
     fn nothing_usable_adds_only_attributes() {
         let cfg = Config::default();
-        let read = vec![("ui.component".to_string(), "checkout-form".to_string())];
+        let caller = Baggage::parse("ui.component=checkout-form,other=1").expect("valid");
         let e = for_service(&cfg, "echo", &[], Lookup::Backoff);
         assert!(e.headers.is_empty());
         assert!(e.baggage.is_empty());
         assert_eq!(attr(&e.attributes, "consul.lookup"), Some(&s("error")));
         assert_eq!(
-            attr(&baggage_attributes(&read), "ui.component"),
+            attr(
+                &baggage_attributes(&caller, &cfg.baggage.read_keys),
+                "ui.component"
+            ),
             Some(&s("checkout-form"))
+        );
+        assert_eq!(
+            attr(
+                &baggage_attributes(&caller, &cfg.baggage.read_keys),
+                "other"
+            ),
+            None
         );
     }
 

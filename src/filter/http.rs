@@ -87,18 +87,10 @@ impl HttpContext for Http {
                 })
                 .ok(),
         };
-        let baggage_attributes = match &baggage {
-            Some(b) => {
-                let read: Vec<(String, String)> = config
-                    .baggage
-                    .read_keys
-                    .iter()
-                    .filter_map(|key| b.get(key).map(|v| (key.clone(), v)))
-                    .collect();
-                enrich::baggage_attributes(&read)
-            }
-            None => Vec::new(),
-        };
+        let baggage_attributes = baggage
+            .as_ref()
+            .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
+            .unwrap_or_default();
 
         let span_id = match &trace {
             Some(t) if config.spans.enabled && t.sampled() => {

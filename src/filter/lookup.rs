@@ -11,7 +11,7 @@ use hashbrown::HashMap;
 use proxy_wasm::types::{MapType, Status};
 
 use super::host;
-use super::{Call, Memo, Pending, Shared};
+use super::{Call, Memo, Pending, Shared, WorkerState};
 use crate::cache::{decide, encode_lease, lease_held, Entry, Lookup};
 use crate::config::{Config, HostKind};
 use crate::consul::{catalog_path, parse_catalog};
@@ -353,20 +353,16 @@ impl Shared {
     pub fn apply(&self, context_id: u32, entry: Option<Rc<Entry>>, lookup: Lookup) {
         let now = host::now_ms();
         let mut state = self.state.borrow_mut();
-        let Some(service) = state
-            .requests
-            .get(&context_id)
-            .and_then(|r| r.target.as_ref())
-            .map(|t| t.name.clone())
-        else {
+        let WorkerState { requests, memo, .. } = &mut *state;
+        let Some(req) = requests.get_mut(&context_id) else {
+            return;
+        };
+        let Some(target) = req.target.as_ref() else {
             return;
         };
         let usable = matches!(lookup, Lookup::Hit | Lookup::Stale { .. } | Lookup::Miss);
         let entry = entry.filter(|_| usable);
-        let e = service_enrichment(&self.config, &mut state.memo, &service, &entry, lookup);
-        let Some(req) = state.requests.get_mut(&context_id) else {
-            return;
-        };
+        let e = service_enrichment(&self.config, memo, &target.name, &entry, lookup);
         if self.config.headers.request {
             for (name, value) in &e.headers {
                 host::set_header(MapType::HttpRequestHeaders, name, value);
