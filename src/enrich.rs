@@ -157,37 +157,63 @@ pub fn baggage_attributes(baggage: &Baggage, read_keys: &[String]) -> Attributes
     attrs
 }
 
-/// A socket address as the host reports `upstream.address`: `ip:port` or `[ipv6]:port`.
-pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
-    let (host, port) = address.trim().rsplit_once(':')?;
-    let host = host
+/// The upstream peer the gateway connected to, its address in canonical form so that
+/// it compares with Consul's as an address: IPv6 without brackets or zone and with `::`
+/// compression (`std::net::Ipv6Addr`'s display, RFC 5952), hostnames lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Peer {
+    /// From the host's `upstream.address`: Envoy reports `ip:port` (IPv6 in brackets);
+    /// ngx_wasm_module reports the address alone and the port in `upstream.port`
+    /// (`src/common/proxy_wasm/ngx_proxy_wasm_properties.c`, `get_upstream_address` cuts
+    /// the peer name at its last `:`).
+    pub fn parse(address: &str, port: Option<&str>) -> Option<Peer> {
+        let address = address.trim();
+        let (host, port) = match port {
+            Some(port) => (address, port.trim()),
+            None => address.rsplit_once(':')?,
+        };
+        let port = port.parse().ok()?;
+        let address = canonical_host(host)?;
+        Some(Peer { address, port })
+    }
+}
+
+/// An address as text in one canonical form (see [`Peer`]); None when empty.
+pub fn canonical_host(host: &str) -> Option<String> {
+    let host = host.trim();
+    let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then_some((host, port))
+    let zone_free = bare.split_once('%').map_or(bare, |(ip, _)| ip);
+    if let Ok(ip) = zone_free.parse::<std::net::IpAddr>() {
+        return Some(ip.to_string());
+    }
+    (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
 }
 
 /// The instance the gateway actually connected to.
-pub fn match_instance<'a>(
-    instances: &'a [Instance],
-    upstream_address: &str,
-) -> Option<&'a Instance> {
-    let (host, port) = split_host_port(upstream_address)?;
-    instances
-        .iter()
-        .find(|i| i.service_port == port && i.address().eq_ignore_ascii_case(host))
+pub fn match_instance<'a>(instances: &'a [Instance], peer: &Peer) -> Option<&'a Instance> {
+    instances.iter().find(|i| {
+        i.service_port == peer.port
+            && canonical_host(i.address()).is_some_and(|a| a == peer.address)
+    })
 }
 
 /// Attributes of the instance used, plus the peer address the host reported. They replace
 /// the service-level `consul.*` values of the same name.
-pub fn for_instance(instance: Option<&Instance>, upstream_address: Option<&str>) -> Attributes {
+pub fn for_instance(instance: Option<&Instance>, peer: Option<&Peer>) -> Attributes {
     let mut attrs = Attributes::new();
-    if let Some((host, port)) = upstream_address.and_then(split_host_port) {
-        str_attr(&mut attrs, "network.peer.address", host);
+    if let Some(peer) = peer {
+        str_attr(&mut attrs, "network.peer.address", &peer.address);
         attrs.push((
             "network.peer.port".to_string(),
-            AttrValue::Int(i64::from(port)),
+            AttrValue::Int(i64::from(peer.port)),
         ));
     }
     let Some(i) = instance else {
@@ -427,12 +453,20 @@ mod tests {
             assert!(v.bytes().all(|b| b >= 0x20 && b != 0x7f), "{n}: {v:?}");
             assert!(v.len() <= MAX_VALUE_LEN);
         }
-        let attrs = for_instance(Some(&evil), Some("10.0.0.1:80"));
+        let attrs = for_instance(Some(&evil), peer("10.0.0.1:80").as_ref());
         for (_, v) in &attrs {
             if let AttrValue::Str(v) = v {
                 assert!(!v.contains('\r') && !v.contains('\n') && !v.contains('\0'));
             }
         }
+    }
+
+    fn peer(address: &str) -> Option<Peer> {
+        Peer::parse(address, None)
+    }
+
+    fn matched<'a>(instances: &'a [Instance], peer: Option<Peer>) -> Option<&'a str> {
+        match_instance(instances, &peer?).map(|i| i.service_id.as_str())
     }
 
     #[test]
@@ -442,28 +476,46 @@ mod tests {
             instance("b", "10.0.0.2", 8080, "2.0", "us"),
             instance("c", "", 9090, "3.0", "ap"),
         ];
+        assert_eq!(matched(&inst, peer("10.0.0.2:8080")), Some("b"));
+        assert_eq!(matched(&inst, peer("10.9.9.9:9090")), Some("c"));
+        assert_eq!(matched(&inst, peer("10.0.0.2:9999")), None);
+        assert_eq!(peer("garbage"), None);
+        assert_eq!(peer(""), None);
+        assert_eq!(peer("10.0.0.2:"), None);
+    }
+
+    #[test]
+    fn kong_reports_the_port_apart() {
+        let inst = [instance("b", "10.0.0.2", 8080, "2.0", "us")];
+        let kong = Peer::parse("10.0.0.2", Some("8080"));
+        assert_eq!(matched(&inst, kong), Some("b"));
+        assert_eq!(matched(&inst, Peer::parse("10.0.0.2", Some("80"))), None);
+        assert_eq!(Peer::parse("10.0.0.2", Some("x")), None);
+    }
+
+    #[test]
+    fn ipv6_compares_as_an_address() {
+        let long_form = [instance("d", "2001:db8:0:0:0:0:0:1", 5000, "1", "x")];
+        assert_eq!(matched(&long_form, peer("[2001:db8::1]:5000")), Some("d"));
         assert_eq!(
-            match_instance(&inst, "10.0.0.2:8080").map(|i| i.service_id.as_str()),
-            Some("b")
-        );
-        assert_eq!(
-            match_instance(&inst, "10.9.9.9:9090").map(|i| i.service_id.as_str()),
-            Some("c")
-        );
-        assert_eq!(match_instance(&inst, "10.0.0.2:9999"), None);
-        assert_eq!(match_instance(&inst, "garbage"), None);
-        assert_eq!(match_instance(&inst, ""), None);
-        let v6 = [instance("d", "::1", 80, "1", "x")];
-        assert_eq!(
-            match_instance(&v6, "[::1]:80").map(|i| i.service_id.as_str()),
+            matched(&long_form, Peer::parse("[2001:db8::1]", Some("5000"))),
             Some("d")
+        );
+        let short = [instance("e", "::1", 80, "1", "x")];
+        assert_eq!(matched(&short, peer("[::1]:80")), Some("e"));
+        assert_eq!(matched(&short, peer("[0:0::1%eth0]:80")), Some("e"));
+        let upper = [instance("f", "2001:DB8::A", 80, "1", "x")];
+        assert_eq!(matched(&upper, peer("[2001:db8::a]:80")), Some("f"));
+        assert_eq!(
+            peer("[2001:db8::1]:5000").map(|p| p.address),
+            Some("2001:db8::1".to_string())
         );
     }
 
     #[test]
     fn instance_attributes() {
         let i = instance("b", "10.0.0.2", 8080, "2.0", "us");
-        let a = for_instance(Some(&i), Some("10.0.0.2:8080"));
+        let a = for_instance(Some(&i), peer("10.0.0.2:8080").as_ref());
         assert_eq!(attr(&a, "server.address"), Some(&s("10.0.0.2")));
         assert_eq!(attr(&a, "server.port"), Some(&AttrValue::Int(8080)));
         assert_eq!(attr(&a, "network.peer.address"), Some(&s("10.0.0.2")));
@@ -474,7 +526,7 @@ mod tests {
         assert_eq!(attr(&a, "consul.service.tags"), Some(&s("http,blue")));
         assert_eq!(attr(&a, "consul.service.meta.version"), Some(&s("2.0")));
         assert_eq!(attr(&a, "consul.service.meta.region"), Some(&s("us")));
-        let unmatched = for_instance(None, Some("10.1.1.1:1"));
+        let unmatched = for_instance(None, peer("10.1.1.1:1").as_ref());
         assert_eq!(unmatched.len(), 2);
         assert!(for_instance(None, None).is_empty());
     }

@@ -6,7 +6,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::host;
-use super::lookup::{write_kong_ctx, MissOutcome};
+use super::lookup::MissOutcome;
 use super::{RequestState, Shared};
 use crate::cache::{decide, Lookup};
 use crate::config::HostKind;
@@ -41,6 +41,18 @@ fn log_invalid(shared: &Shared, what: &str, why: &str) {
     }
 }
 
+/// The upstream peer of this request, as each host reports it (see [`enrich::Peer`]).
+fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
+    let address = host::property(&["upstream", "address"])?;
+    match kind {
+        HostKind::Kong => {
+            let port = host::property(&["upstream", "port"])?;
+            enrich::Peer::parse(&address, Some(&port))
+        }
+        HostKind::Envoy => enrich::Peer::parse(&address, None),
+    }
+}
+
 fn request_header(name: &str) -> Option<String> {
     host::header(MapType::HttpRequestHeaders, name)
 }
@@ -49,12 +61,12 @@ impl Context for Http {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        num_headers: usize,
+        _: usize,
         body_size: usize,
         _: usize,
     ) {
         if let Some(shared) = &self.shared {
-            shared.on_call_response(self.id, token, num_headers, body_size);
+            shared.on_call_response(self.id, token, body_size);
         }
     }
 }
@@ -187,7 +199,7 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let config = &shared.config;
-        let upstream = host::property(&["upstream", "address"]);
+        let peer = upstream_peer(config.host);
         let mut state = shared.state.borrow_mut();
         let Some(req) = state.requests.get_mut(&self.id) else {
             return Action::Continue;
@@ -199,9 +211,9 @@ impl HttpContext for Http {
             .entry
             .as_ref()
             .map_or(&[][..], |e| e.instances.as_slice());
-        let instance = upstream
-            .as_deref()
-            .and_then(|a| enrich::match_instance(instances, a));
+        let instance = peer
+            .as_ref()
+            .and_then(|p| enrich::match_instance(instances, p));
         if config.headers.response {
             let instance_headers = instance
                 .map(|i| enrich::instance_headers(config, i))
@@ -211,10 +223,10 @@ impl HttpContext for Http {
                 host::set_header(MapType::HttpResponseHeaders, name, value);
             }
         }
-        let instance_attrs = enrich::for_instance(instance, upstream.as_deref());
+        let instance_attrs = enrich::for_instance(instance, peer.as_ref());
         enrich::merge(&mut req.attributes, instance_attrs);
         if config.host == HostKind::Kong && config.kong_ctx_shared {
-            write_kong_ctx(&req.attributes);
+            shared.write_kong_ctx(&req.attributes);
         }
         Action::Continue
     }

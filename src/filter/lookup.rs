@@ -1,8 +1,19 @@
 //! Cache reads and writes, Consul calls, coalescing and resuming paused requests.
 //!
-//! Within a worker, every request for a service that is being looked up waits on the same
-//! call. Across workers, a lease in shared data (taken with CAS) makes one worker call
-//! Consul while the others poll shared data for its answer from their tick.
+//! How a request waits for Consul depends on what the host lets a callback resume:
+//! - Envoy resumes any context made effective with `proxy_set_effective_context`, so
+//!   within a worker every request for a service being looked up waits on the same call,
+//!   and across workers a lease in shared data (taken with CAS) makes one worker call
+//!   Consul while the others poll shared data for its answer from their tick.
+//! - ngx_wasm_module ignores `proxy_set_effective_context` (`ngx_proxy_wasm_host.c`
+//!   answers Ok and does nothing), `proxy_continue_stream` acts on the request whose
+//!   callback is running, and resuming from `on_tick` crashed workers. The one thing that
+//!   resumes a paused request is the host itself, once the last call that request
+//!   dispatched is answered (`ngx_http_proxy_wasm_dispatch.c`, the resume handler). So on
+//!   Kong a request waits only on a call of its own, and the filter never resumes it.
+//!
+//! Background refreshes come from the tick (root context) on both hosts, one per service
+//! for the whole gateway (the lease), and resume nobody.
 
 use std::rc::Rc;
 
@@ -100,7 +111,14 @@ impl Shared {
         u64::from(self.config.consul.timeout_ms) + 1000
     }
 
-    fn dispatch_catalog(&self, target: &ServiceTarget) -> Result<u32, Status> {
+    /// Sends the catalog query; `waiter` is the request (Kong) that waits on this call
+    /// alone, `leased` whether this worker holds the service's lease for it.
+    fn dispatch_catalog(
+        &self,
+        target: &ServiceTarget,
+        waiter: Option<u32>,
+        leased: bool,
+    ) -> Result<u32, Status> {
         let c = &self.config.consul;
         let path = catalog_path(&target.name, target.datacenter.as_deref(), c);
         let mut headers = vec![
@@ -120,13 +138,35 @@ impl Shared {
             Call::Catalog {
                 service: target.name.clone(),
                 sent_ms: host::now_ms(),
+                waiter,
+                leased,
             },
         );
         Ok(token)
     }
 
-    /// A request found nothing usable: join the lookup in flight, or start one.
+    /// A request found nothing usable: wait for Consul the way the host allows.
     pub fn wait_for_lookup(&self, context_id: u32, target: &ServiceTarget) -> MissOutcome {
+        match self.config.host {
+            HostKind::Kong => self.wait_on_own_call(context_id, target),
+            HostKind::Envoy => self.wait_on_shared_lookup(context_id, target),
+        }
+    }
+
+    /// Kong: the request dispatches its own call and the host resumes it once answered.
+    fn wait_on_own_call(&self, context_id: u32, target: &ServiceTarget) -> MissOutcome {
+        match self.dispatch_catalog(target, Some(context_id), false) {
+            Ok(_) => MissOutcome::Paused,
+            Err(status) => {
+                self.dispatch_failed(&target.name, status);
+                MissOutcome::FailOpen
+            }
+        }
+    }
+
+    /// Envoy: join the lookup in flight in this worker, or start one (or, when another
+    /// worker holds the lease, poll shared data for its answer from the tick).
+    fn wait_on_shared_lookup(&self, context_id: u32, target: &ServiceTarget) -> MissOutcome {
         let now = host::now_ms();
         {
             let mut state = self.state.borrow_mut();
@@ -138,15 +178,9 @@ impl Shared {
         }
         let own_call = self.take_lease(&target.name, now);
         if own_call {
-            if let Err(status) = self.dispatch_catalog(target) {
-                log::warn!(
-                    "consul-enricher: cannot call Consul at {} for {}: {status:?}",
-                    self.config.consul.upstream,
-                    target.name
-                );
-                host::increment(self.metrics.consul_errors, 1);
+            if let Err(status) = self.dispatch_catalog(target, None, true) {
                 self.release_lease(&target.name);
-                self.record_failure(&target.name);
+                self.dispatch_failed(&target.name, status);
                 return MissOutcome::FailOpen;
             }
         } else {
@@ -163,6 +197,16 @@ impl Shared {
         MissOutcome::Paused
     }
 
+    /// The host refused to send a call: count it and back off.
+    fn dispatch_failed(&self, service: &str, status: Status) {
+        log::warn!(
+            "consul-enricher: cannot call Consul at {} for {service}: {status:?}",
+            self.config.consul.upstream,
+        );
+        host::increment(self.metrics.consul_errors, 1);
+        self.record_failure(service);
+    }
+
     fn record_failure(&self, service: &str) -> Rc<Entry> {
         let previous = self.read_entry(service).map(|e| (*e).clone());
         let entry = Entry::after_failure(previous, host::now_ms(), &self.config.cache);
@@ -171,28 +215,44 @@ impl Shared {
     }
 
     /// Handles the answer to a dispatched call; `current` is the context the host called.
-    pub fn on_call_response(&self, current: u32, token: u32, num_headers: usize, body_size: usize) {
+    pub fn on_call_response(&self, current: u32, token: u32, body_size: usize) {
         let call = self.state.borrow_mut().calls.remove(&token);
         match call {
-            Some(Call::Catalog { service, sent_ms }) => {
-                self.on_catalog_response(current, &service, sent_ms, num_headers, body_size)
+            Some(Call::Catalog {
+                service,
+                sent_ms,
+                waiter,
+                leased,
+            }) => {
+                let entry = self.on_catalog_response(&service, sent_ms, body_size);
+                if leased {
+                    self.release_lease(&service);
+                }
+                match waiter {
+                    // Kong delivers the answer to the request that made the call; the host
+                    // resumes it when this callback returns.
+                    Some(waiter) if waiter == current => {
+                        self.apply(waiter, Some(Rc::clone(&entry)), waiter_lookup(&entry));
+                    }
+                    Some(waiter) => log::debug!(
+                        "consul-enricher: answer for request {waiter} delivered to {current}"
+                    ),
+                    None => self.finish_pending(current, &service, Some(entry)),
+                }
             }
             Some(Call::SpanExport { spans }) => self.on_export_response(spans),
             None => log::debug!("consul-enricher: answer to an unknown call {token}"),
         }
     }
 
-    fn on_catalog_response(
-        &self,
-        current: u32,
-        service: &str,
-        sent_ms: u64,
-        num_headers: usize,
-        body_size: usize,
-    ) {
+    /// Stores what Consul answered (or the failure) and returns the service's entry.
+    fn on_catalog_response(&self, service: &str, sent_ms: u64, body_size: usize) -> Rc<Entry> {
         let status = host::call_response_header(":status");
+        // ngx_wasm_module puts `:dispatch_status` on every call response: `ok` when the call
+        // succeeded, otherwise why it failed (`ngx_proxy_wasm_maps.c`,
+        // `ngx_wasm_socket_tcp.c` errlist); a failed call has no `:status` on either host.
         let dispatch_status = host::call_response_header(":dispatch_status");
-        let failed = num_headers == 0 || dispatch_status.is_some();
+        let failed = status.is_none() || dispatch_status.as_deref().is_some_and(|s| s != "ok");
         let body = if failed || body_size > self.config.consul.max_body_bytes as usize {
             Vec::new()
         } else {
@@ -207,7 +267,7 @@ impl Shared {
             body_size,
             &self.config.consul,
         );
-        let entry = match parsed {
+        match parsed {
             Ok(catalog) => {
                 if catalog.dropped > 0 {
                     log::warn!(
@@ -247,9 +307,7 @@ impl Shared {
                 );
                 self.record_failure(service)
             }
-        };
-        self.release_lease(service);
-        self.finish_pending(current, service, Some(entry));
+        }
     }
 
     /// Resumes every request waiting on `service`, enriched from `entry` where it is usable.
@@ -257,11 +315,8 @@ impl Shared {
         let Some(pending) = self.state.borrow_mut().pending.remove(service) else {
             return;
         };
-        let lookup = match entry.as_deref().map(|e| decide(Some(e), host::now_ms())) {
-            Some(Lookup::Hit) | Some(Lookup::Stale { .. }) => Lookup::Miss,
-            Some(Lookup::Negative) => Lookup::Negative,
-            _ => Lookup::Backoff,
-        };
+        let lookup = entry.as_ref().map_or(Lookup::Backoff, waiter_lookup);
+        // Only Envoy registers waiters (see the module comment): it resumes them here.
         for waiter in pending.waiters {
             if host::switch_to(waiter) {
                 self.apply(waiter, entry.clone(), lookup);
@@ -327,7 +382,7 @@ impl Shared {
                     .map(|i| i.datacenter.clone())
                     .filter(|dc| !dc.is_empty() && self.config.consul.datacenter != *dc),
             };
-            match self.dispatch_catalog(&target) {
+            match self.dispatch_catalog(&target, None, true) {
                 Ok(_) => {
                     self.state.borrow_mut().pending.insert(
                         service,
@@ -393,9 +448,15 @@ impl Shared {
         req.attributes = attributes;
         req.service = Some(e);
         req.entry = entry;
-        if self.config.host == HostKind::Kong && self.config.kong_ctx_shared {
-            write_kong_ctx(&req.attributes);
-        }
+    }
+}
+
+/// What a request that waited for Consul is labelled: a miss when the answer is usable.
+fn waiter_lookup(entry: &Rc<Entry>) -> Lookup {
+    match decide(Some(entry), host::now_ms()) {
+        Lookup::Hit | Lookup::Stale { .. } => Lookup::Miss,
+        Lookup::Negative => Lookup::Negative,
+        _ => Lookup::Backoff,
     }
 }
 
@@ -425,9 +486,24 @@ fn service_enrichment(
     e
 }
 
-pub fn write_kong_ctx(attributes: &Attributes) {
-    host::set_property(
-        &["kong", "ctx", "shared", "consul_enricher"],
-        enrich::to_json_object(attributes).as_bytes(),
-    );
+impl Shared {
+    /// Hands the request's attributes to Kong's Lua (`kong.ctx.shared.consul_enricher`),
+    /// where the span companion reads them. A host that refuses the property (an nginx
+    /// without Kong's Lua, or a module built with another property namespace answers
+    /// NotFound) is told once per worker, and not asked again.
+    pub fn write_kong_ctx(&self, attributes: &Attributes) {
+        if !self.kong_ctx_writable.get() {
+            return;
+        }
+        let value = enrich::to_json_object(attributes);
+        if let Err(status) =
+            host::set_property(&["kong", "ctx", "shared", "consul_enricher"], value.as_bytes())
+        {
+            self.kong_ctx_writable.set(false);
+            log::warn!(
+                "consul-enricher: this host refuses kong.ctx.shared ({status:?}): Kong's span \
+                 companion gets nothing from this worker; set kong_ctx_shared to false to silence this"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ mod lookup;
 mod root;
 mod spans;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
@@ -92,7 +92,8 @@ pub struct RequestState {
     pub service: Option<Rc<Enrichment>>,
 }
 
-/// A Consul lookup this worker is waiting for, with the requests paused on it.
+/// A Consul lookup this worker is waiting for, with the requests paused on it (Envoy; a
+/// background refresh has none).
 pub struct Pending {
     pub waiters: Vec<u32>,
     /// Give up on the lookup (fail open) at this time.
@@ -104,7 +105,14 @@ pub struct Pending {
 
 /// Why a dispatched call was made.
 pub enum Call {
-    Catalog { service: String, sent_ms: u64 },
+    Catalog {
+        service: String,
+        sent_ms: u64,
+        /// The request waiting on this call alone (Kong), if any.
+        waiter: Option<u32>,
+        /// Whether this worker took the service's lease for this call.
+        leased: bool,
+    },
     SpanExport { spans: u64 },
 }
 
@@ -136,6 +144,8 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
     pub state: RefCell<WorkerState>,
+    /// False once the host refused `kong.ctx.shared`.
+    pub kong_ctx_writable: Cell<bool>,
 }
 
 /// How often a worker's tick runs: it polls for answers other workers fetched, enforces

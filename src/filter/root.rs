@@ -1,13 +1,11 @@
 //! The root context: configuration, metrics, and the per-worker tick.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
@@ -28,37 +26,45 @@ impl Root {
     }
 }
 
+/// An invalid configuration. ngx_wasm_module makes every worker exit when
+/// `on_configure` fails while the master stays up, so every request hangs (seen on the
+/// engine Kong 3.9 ships); Kong also validates the configuration against
+/// `consul_enricher.meta.json` when it is set. So the filter stays loaded and passes every
+/// request through untouched, and says why at the error level.
+fn log_pass_through(why: &str) {
+    log::error!("consul-enricher: invalid configuration, passing every request through: {why}");
+}
+
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        num_headers: usize,
+        _: usize,
         body_size: usize,
         _: usize,
     ) {
         if let Some(shared) = &self.shared {
-            shared.on_call_response(self.id, token, num_headers, body_size);
+            shared.on_call_response(self.id, token, body_size);
         }
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = host::buffer(BufferType::PluginConfiguration, size);
         let config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                log::error!("consul-enricher: {e}");
-                return false;
+                log_pass_through(&e.to_string());
+                self.shared = None;
+                return true;
             }
         };
         let seed = host::random_u64() ^ host::now_nanos();
         let shared = Shared {
             config,
             metrics: Metrics::define(),
+            kong_ctx_writable: Cell::new(true),
             state: RefCell::new(WorkerState {
                 requests: HashMap::new(),
                 pending: HashMap::new(),
@@ -72,7 +78,7 @@ impl RootContext for Root {
                 invalid_inputs: 0,
             }),
         };
-        if hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_err() {
+        if host::set_tick_period_ms(TICK_MS as u32).is_err() {
             log::warn!("consul-enricher: no tick: background refresh and span export are off");
         }
         log::info!(

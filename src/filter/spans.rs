@@ -1,7 +1,5 @@
 //! The filter's own spans: queued per worker, exported in batches from the tick.
 
-use proxy_wasm::types::MapType;
-
 use super::host;
 use super::{Call, RequestState, Shared};
 use crate::span::{encode_export, SpanRecord};
@@ -92,9 +90,10 @@ impl Shared {
             let mut state = self.state.borrow_mut();
             state.exports_in_flight = state.exports_in_flight.saturating_sub(1);
         }
-        let status = host::header(MapType::HttpCallResponseHeaders, ":status");
-        let ok = host::header(MapType::HttpCallResponseHeaders, ":dispatch_status").is_none()
-            && status.as_deref().is_some_and(|s| s.starts_with('2'));
+        // A failed call has no `:status` on either host (ngx_wasm_module's
+        // `:dispatch_status` is on every answer, `ok` included).
+        let status = host::call_response_header(":status");
+        let ok = status.as_deref().is_some_and(|s| s.starts_with('2'));
         if ok {
             host::increment(self.metrics.spans_exported, spans);
         } else {

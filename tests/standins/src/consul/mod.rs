@@ -504,6 +504,7 @@ impl Handler for ConsulState {
                 Fault::None => {}
                 Fault::Delay(delay) => tokio::time::sleep(delay).await,
                 Fault::Reset => return Reply::Reset,
+                Fault::ResetMidBody => return Reply::ResetMidBody(self.route(request).await),
                 Fault::Status(code, body) => {
                     return Reply::Respond(fault::status_reply(code, body))
                 }
