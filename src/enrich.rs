@@ -3,12 +3,14 @@
 //! response headers, once the host says which upstream address it used).
 //!
 //! Everything that came from Consul is untrusted: it passes through
-//! [`header_value::sanitize`] before it reaches a header, a baggage member or an attribute.
+//! [`header_value::sanitize`] before it reaches a header, and [`header_value::clean_text`]
+//! before it reaches a baggage member or an attribute; meta keys pass through
+//! [`header_value::attribute_key`] before they become part of an attribute name.
 
 use crate::cache::Lookup;
 use crate::config::Config;
 use crate::consul::Instance;
-use crate::header_value::sanitize;
+use crate::header_value::{attribute_key, clean_text, sanitize};
 use crate::trace_context::Baggage;
 
 /// Longest value the filter writes into one header, baggage member or attribute.
@@ -34,7 +36,7 @@ pub struct Enrichment {
 }
 
 fn str_attr(attrs: &mut Attributes, key: &str, value: &str) {
-    if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+    if let Some(v) = clean_text(value, MAX_VALUE_LEN) {
         attrs.push((key.to_string(), AttrValue::Str(v.into_owned())));
     }
 }
@@ -87,16 +89,17 @@ pub fn for_service(
         "consul.lookup".to_string(),
         AttrValue::Str(lookup.label().to_string()),
     ));
-    if instances.is_empty() {
-        return e;
-    }
-
     let prefix = &config.headers.prefix;
     let mut header = |name: &str, value: &str| {
         if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
             e.headers.push((concat(prefix, name), v.into_owned()));
         }
     };
+    if instances.is_empty() {
+        // Nothing usable: the upstream learns only why (`error` or `unknown`).
+        header("lookup", lookup.label());
+        return e;
+    }
     header("service", service);
     let datacenters = value_set(instances, |i| Some(&i.datacenter));
     if let Some(dc) = &datacenters {
@@ -115,7 +118,7 @@ pub fn for_service(
 
     if config.baggage.enabled {
         let mut member = |key: String, value: &str| {
-            if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+            if let Some(v) = clean_text(value, MAX_VALUE_LEN) {
                 e.baggage.push((key, v.into_owned()));
             }
         };
@@ -138,8 +141,12 @@ pub fn for_service(
     all_keys.sort_unstable();
     all_keys.dedup();
     for k in all_keys.into_iter().take(MAX_META_ATTRIBUTES) {
-        if let Some(v) = value_set(instances, |i| i.meta.get(k)) {
-            str_attr(&mut e.attributes, &concat("consul.service.meta.", k), &v);
+        if let (Some(name), Some(v)) = (attribute_key(k), value_set(instances, |i| i.meta.get(k))) {
+            str_attr(
+                &mut e.attributes,
+                &concat("consul.service.meta.", &name),
+                &v,
+            );
         }
     }
     e
@@ -231,10 +238,14 @@ pub fn for_instance(instance: Option<&Instance>, peer: Option<&Peer>) -> Attribu
         str_attr(&mut attrs, "consul.service.tags", &i.tags.join(","));
     }
     for (k, v) in i.meta.iter().take(MAX_META_ATTRIBUTES) {
-        str_attr(&mut attrs, &concat("consul.service.meta.", k), v);
+        if let Some(name) = attribute_key(k) {
+            str_attr(&mut attrs, &concat("consul.service.meta.", &name), v);
+        }
     }
     for (k, v) in i.node_meta.iter().take(MAX_META_ATTRIBUTES) {
-        str_attr(&mut attrs, &concat("consul.node.meta.", k), v);
+        if let Some(name) = attribute_key(k) {
+            str_attr(&mut attrs, &concat("consul.node.meta.", &name), v);
+        }
     }
     attrs
 }
@@ -395,13 +406,19 @@ mod tests {
     }
 
     #[test]
-    fn nothing_usable_adds_only_attributes() {
+    fn nothing_usable_says_only_why() {
         let cfg = Config::default();
         let caller = Baggage::parse("ui.component=checkout-form,other=1").expect("valid");
         let e = for_service(&cfg, "echo", &[], Lookup::Backoff);
-        assert!(e.headers.is_empty());
+        assert_eq!(
+            e.headers,
+            vec![("x-consul-lookup".to_string(), "error".to_string())]
+        );
         assert!(e.baggage.is_empty());
         assert_eq!(attr(&e.attributes, "consul.lookup"), Some(&s("error")));
+        let unknown = for_service(&cfg, "echo", &[], Lookup::Negative);
+        assert_eq!(header(&unknown, "x-consul-lookup"), Some("unknown"));
+        assert_eq!(unknown.headers.len(), 1);
         assert_eq!(
             attr(
                 &baggage_attributes(&caller, &cfg.baggage.read_keys),

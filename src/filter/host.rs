@@ -146,18 +146,25 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Every value of the header `name`, in order (a map can hold a name several times).
-pub fn header_values(map: MapType, name: &str) -> Vec<String> {
+/// Every request header, in order (a name can appear several times); pairs that are not
+/// UTF-8 are left out.
+pub fn request_headers() -> Vec<(String, String)> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the host writes a pointer and a size to locations we own.
-    let code = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
+    let code = unsafe {
+        abi::proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size)
+    };
     let bytes = take_host_bytes(data, size);
     if status(code).is_err() {
         return Vec::new();
     }
     decode_pairs(&bytes)
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string))
+        .filter_map(|(n, v)| {
+            Some((
+                String::from_utf8(n.to_vec()).ok()?,
+                String::from_utf8(v.to_vec()).ok()?,
+            ))
+        })
         .collect()
 }
 
@@ -216,8 +223,7 @@ pub fn property(path: &[&str]) -> Option<String> {
     let path = property_path(path);
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: `path` outlives the call; the host writes a pointer and a size we own.
-    let code =
-        unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    let code = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
     let bytes = take_host_bytes(data, size);
     status(code).ok()?;
     String::from_utf8(bytes).ok()
@@ -300,7 +306,12 @@ pub fn define_counter(name: &str) -> Option<u32> {
     let mut id = 0u32;
     // SAFETY: `name` outlives the call; the host writes the id to a u32 we own.
     let code = unsafe {
-        abi::proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id)
+        abi::proxy_define_metric(
+            MetricType::Counter as u32,
+            name.as_ptr(),
+            name.len(),
+            &mut id,
+        )
     };
     status(code).ok().map(|()| id)
 }

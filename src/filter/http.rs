@@ -9,9 +9,10 @@ use super::host;
 use super::lookup::MissOutcome;
 use super::{RequestState, Shared};
 use crate::cache::{decide, Lookup};
-use crate::config::HostKind;
+use crate::config::{Config, HostKind};
 use crate::enrich;
-use crate::service_name::{resolve, NameSources};
+use crate::service_name::{resolve, NameSources, ServiceTarget};
+use crate::trace_context::baggage::strip_members;
 use crate::trace_context::{Baggage, TraceParent};
 
 pub struct Http {
@@ -58,17 +59,144 @@ fn request_header(name: &str) -> Option<String> {
 }
 
 impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _: usize,
-        body_size: usize,
-        _: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
             shared.on_call_response(self.id, token, body_size);
         }
     }
+}
+
+/// What the filter reads of the incoming request headers, from one host call.
+struct Incoming {
+    traceparents: Vec<String>,
+    baggage_lines: Vec<String>,
+    /// Headers under the filter's prefix: only the filter may write those.
+    forged: Vec<String>,
+}
+
+impl Incoming {
+    fn read(prefix: &str) -> Incoming {
+        let mut incoming = Incoming {
+            traceparents: Vec::new(),
+            baggage_lines: Vec::new(),
+            forged: Vec::new(),
+        };
+        for (name, value) in host::request_headers() {
+            if name.eq_ignore_ascii_case("traceparent") {
+                incoming.traceparents.push(value);
+            } else if name.eq_ignore_ascii_case("baggage") {
+                incoming.baggage_lines.push(value);
+            } else if starts_with_ignore_case(&name, prefix) {
+                incoming.forged.push(name);
+            }
+        }
+        incoming
+    }
+}
+
+fn concat(a: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len());
+    s.push_str(a);
+    s.push_str(b);
+    s
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// The namespace of the baggage members the filter writes.
+const BAGGAGE_NAMESPACE: &str = "consul.";
+
+/// Removes what only the filter may write (headers under its prefix, baggage members in
+/// its namespace) and returns the caller's baggage as one list: every `baggage` line of
+/// the request, joined, as the W3C spec reads them. The baggage is `None` when it is
+/// malformed; it then passes on untouched but for the removed members.
+fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
+    for name in &incoming.forged {
+        host::remove_header(MapType::HttpRequestHeaders, name);
+    }
+    let joined = incoming.baggage_lines.join(",");
+    let (kept, removed) = strip_members(&joined, BAGGAGE_NAMESPACE);
+    if removed > 0 || incoming.baggage_lines.len() > 1 {
+        host::remove_header(MapType::HttpRequestHeaders, "baggage");
+        if !kept.is_empty() {
+            host::set_header(MapType::HttpRequestHeaders, "baggage", &kept);
+        }
+    }
+    let stripped = incoming.forged.len() + removed;
+    if stripped > 0 {
+        host::increment(shared.metrics.stripped, stripped as u64);
+    }
+    Baggage::parse(&kept)
+        .map_err(|e| {
+            host::increment(shared.metrics.invalid_baggage, 1);
+            log_invalid(shared, "baggage", e.as_str());
+        })
+        .ok()
+}
+
+/// The request's trace context; absent, several or malformed `traceparent` headers leave
+/// it untouched (several are invalid by W3C Trace Context).
+fn read_trace(shared: &Shared, traceparents: &[String]) -> Option<TraceParent> {
+    let value = match traceparents {
+        [] => return None,
+        [one] => one,
+        _ => {
+            host::increment(shared.metrics.invalid_traceparent, 1);
+            log_invalid(shared, "traceparent", "the request has several");
+            return None;
+        }
+    };
+    TraceParent::parse(value)
+        .map_err(|e| {
+            host::increment(shared.metrics.invalid_traceparent, 1);
+            log_invalid(shared, "traceparent", e.as_str());
+        })
+        .ok()
+}
+
+/// The id of the filter's own span for this request, when it exports one; the upstream
+/// then sees that span as its parent (`spans.reparent`).
+fn start_span(shared: &Shared, trace: Option<&TraceParent>) -> Option<[u8; 8]> {
+    let config = &shared.config;
+    let t = trace.filter(|t| config.spans.enabled && t.sampled())?;
+    let id = shared.state.borrow_mut().span_ids.next_id();
+    if config.spans.reparent {
+        host::set_header(
+            MapType::HttpRequestHeaders,
+            "traceparent",
+            &t.with_parent(id).to_header(),
+        );
+    }
+    Some(id)
+}
+
+/// The Consul service (and datacenter) of this request, from the sources the
+/// configuration names.
+fn resolve_target(config: &Config) -> Option<ServiceTarget> {
+    let upstream_host = match config.host {
+        HostKind::Kong if config.service.from_host => host::property(&["ngx", "upstream_host"]),
+        _ => None,
+    };
+    let cluster = match config.host {
+        HostKind::Envoy if config.service.from_cluster => host::property(&["xds", "cluster_name"]),
+        _ => None,
+    };
+    let authority = if config.service.from_host {
+        request_header(":authority")
+    } else {
+        None
+    };
+    resolve(
+        &config.service,
+        NameSources {
+            upstream_host: upstream_host.as_deref(),
+            authority: authority.as_deref(),
+            cluster: cluster.as_deref(),
+        },
+    )
 }
 
 impl HttpContext for Http {
@@ -80,68 +208,15 @@ impl HttpContext for Http {
         host::increment(shared.metrics.requests, 1);
         let start_nanos = host::now_nanos();
 
-        let trace =
-            request_header("traceparent").and_then(|value| match TraceParent::parse(&value) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    host::increment(shared.metrics.invalid_traceparent, 1);
-                    log_invalid(&shared, "traceparent", e.as_str());
-                    None
-                }
-            });
-
-        let baggage = match request_header("baggage") {
-            None => Some(Baggage::default()),
-            Some(raw) => Baggage::parse(&raw)
-                .map_err(|e| {
-                    host::increment(shared.metrics.invalid_baggage, 1);
-                    log_invalid(&shared, "baggage", e.as_str());
-                })
-                .ok(),
-        };
+        let incoming = Incoming::read(&config.headers.prefix);
+        let baggage = strip_incoming(&shared, &incoming);
+        let trace = read_trace(&shared, &incoming.traceparents);
         let baggage_attributes = baggage
             .as_ref()
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
-
-        let span_id = match &trace {
-            Some(t) if config.spans.enabled && t.sampled() => {
-                let id = shared.state.borrow_mut().span_ids.next_id();
-                if config.spans.reparent {
-                    host::set_header(
-                        MapType::HttpRequestHeaders,
-                        "traceparent",
-                        &t.with_parent(id).to_header(),
-                    );
-                }
-                Some(id)
-            }
-            _ => None,
-        };
-
-        let upstream_host = match config.host {
-            HostKind::Kong if config.service.from_host => host::property(&["ngx", "upstream_host"]),
-            _ => None,
-        };
-        let cluster = match config.host {
-            HostKind::Envoy if config.service.from_cluster => {
-                host::property(&["xds", "cluster_name"])
-            }
-            _ => None,
-        };
-        let authority = if config.service.from_host {
-            request_header(":authority")
-        } else {
-            None
-        };
-        let target = resolve(
-            &config.service,
-            NameSources {
-                upstream_host: upstream_host.as_deref(),
-                authority: authority.as_deref(),
-                cluster: cluster.as_deref(),
-            },
-        );
+        let span_id = start_span(&shared, trace.as_ref());
+        let target = resolve_target(config);
         let name = target.as_ref().map(|t| t.name.clone());
         shared.state.borrow_mut().requests.insert(
             self.id,
@@ -160,6 +235,10 @@ impl HttpContext for Http {
         );
         let Some(name) = name else {
             log::debug!("consul-enricher: no Consul service for this request");
+            if config.headers.request {
+                let lookup = concat(&config.headers.prefix, "lookup");
+                host::set_header(MapType::HttpRequestHeaders, &lookup, "none");
+            }
             return Action::Continue;
         };
 

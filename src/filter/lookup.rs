@@ -496,9 +496,10 @@ impl Shared {
             return;
         }
         let value = enrich::to_json_object(attributes);
-        if let Err(status) =
-            host::set_property(&["kong", "ctx", "shared", "consul_enricher"], value.as_bytes())
-        {
+        if let Err(status) = host::set_property(
+            &["kong", "ctx", "shared", "consul_enricher"],
+            value.as_bytes(),
+        ) {
             self.kong_ctx_writable.set(false);
             log::warn!(
                 "consul-enricher: this host refuses kong.ctx.shared ({status:?}): Kong's span \

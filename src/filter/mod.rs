@@ -45,6 +45,7 @@ pub struct Metrics {
     pub coalesced_waiters: Option<u32>,
     pub invalid_traceparent: Option<u32>,
     pub invalid_baggage: Option<u32>,
+    pub stripped: Option<u32>,
     pub spans_exported: Option<u32>,
     pub spans_dropped: Option<u32>,
 }
@@ -64,6 +65,7 @@ impl Metrics {
             coalesced_waiters: c("consul_enricher_coalesced_waiters_total"),
             invalid_traceparent: c("consul_enricher_invalid_traceparent_total"),
             invalid_baggage: c("consul_enricher_invalid_baggage_total"),
+            stripped: c("consul_enricher_stripped_total"),
             spans_exported: c("consul_enricher_spans_exported_total"),
             spans_dropped: c("consul_enricher_spans_dropped_total"),
         }
@@ -113,7 +115,9 @@ pub enum Call {
         /// Whether this worker took the service's lease for this call.
         leased: bool,
     },
-    SpanExport { spans: u64 },
+    SpanExport {
+        spans: u64,
+    },
 }
 
 /// The decoded entry of a service with the shared-data CAS it was read at, so that an

@@ -36,13 +36,7 @@ fn log_pass_through(why: &str) {
 }
 
 impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _: usize,
-        body_size: usize,
-        _: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
             shared.on_call_response(self.id, token, body_size);
         }

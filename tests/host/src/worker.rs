@@ -326,7 +326,9 @@ impl Worker {
         let context_id = self.next_context_id;
         self.next_context_id += 1;
         let headers = match self.store.data().shared.flavour {
-            crate::Flavour::Kong => kong_request_headers(headers, &self.store.data().shared.server_authority),
+            crate::Flavour::Kong => {
+                kong_request_headers(headers, &self.store.data().shared.server_authority)
+            }
             crate::Flavour::Envoy => headers,
         };
         let count = headers.len() as i32;

@@ -254,7 +254,10 @@ fn concurrent_cold_requests(n: usize) {
             .map(|r| format!("{}/{}: {:?}", r.worker, r.context_id, r.phase))
             .take(5)
             .collect();
-        assert!(all, "{flavour:?}: every request went upstream; stuck: {stuck:?}");
+        assert!(
+            all,
+            "{flavour:?}: every request went upstream; stuck: {stuck:?}"
+        );
         for request in &requests {
             let record = gw.host.record(*request).unwrap();
             assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
@@ -264,7 +267,11 @@ fn concurrent_cold_requests(n: usize) {
             Flavour::Envoy => 1,
             Flavour::Kong => n,
         };
-        assert_eq!(consul.requests(CATALOG), expected_calls as u64, "{flavour:?}");
+        assert_eq!(
+            consul.requests(CATALOG),
+            expected_calls as u64,
+            "{flavour:?}"
+        );
         assert_eq!(gw.metric("consul_calls") as usize, expected_calls);
         assert_eq!(gw.metric("enriched") as usize, n);
         gw.assert_no_traps();
@@ -479,7 +486,11 @@ fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
         let record = gw.forwarded(request);
         assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
         gw.host
-            .respond(request, "127.0.0.2:9002", vec![(":status".into(), "200".into())])
+            .respond(
+                request,
+                "127.0.0.2:9002",
+                vec![(":status".into(), "200".into())],
+            )
             .unwrap();
         let record = gw.host.record(request).cloned().unwrap();
         assert_eq!(record.phase, Phase::Completed);
@@ -503,7 +514,10 @@ fn kong_reads_the_instance_from_upstream_address_and_port() {
         let raw = &record.kong_ctx_shared["consul_enricher"];
         let attributes: Value = serde_json::from_slice(raw).unwrap();
         assert_eq!(attributes["consul.service.id"], id, "{attributes}");
-        assert_eq!(attributes["server.port"], peer[10..].parse::<i64>().unwrap());
+        assert_eq!(
+            attributes["server.port"],
+            peer[10..].parse::<i64>().unwrap()
+        );
     }
     gw.assert_no_traps();
 }

@@ -173,7 +173,11 @@ fn arm_reset(socket: &StdTcpStream) {
 /// connection when the body ends early, and the armed linger turns that into a reset.
 async fn truncated(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     let (mut parts, body) = response.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     parts.headers.insert(
         hyper::header::CONTENT_LENGTH,
         hyper::header::HeaderValue::from(body.len()),
