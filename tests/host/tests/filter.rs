@@ -672,3 +672,208 @@ fn meta_with_crlf_or_huge_text_never_reaches_a_header() {
         gw.assert_no_traps();
     }
 }
+
+/// Every `x-consul-*` header and `consul.*` baggage member a client sends.
+fn forged(spec: RequestSpec) -> RequestSpec {
+    spec.header("x-consul-service", "admin")
+        .header("X-Consul-Lookup", "hit")
+        .header("x-consul-meta-version", "evil")
+        .header("x-consul-meta-owner", "evil")
+        .header(
+            "baggage",
+            "consul.service=admin,ui.component=checkout-form,Consul.Service.Meta.version=evil",
+        )
+}
+
+fn consul_headers(record: &test_host::RequestRecord) -> Vec<(String, String)> {
+    record
+        .upstream_headers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(n, _)| n.to_ascii_lowercase().starts_with("x-consul-"))
+        .collect()
+}
+
+#[test]
+fn forged_headers_never_reach_the_upstream_when_consul_is_down() {
+    for flavour in Flavour::ALL {
+        let mut gw = gateway(flavour, 1, &closed_port_addr().to_string(), json!({}));
+        for _ in 0..3 {
+            let request = gw.send(forged(echo_request(flavour)));
+            let record = gw.forwarded(request);
+            assert_eq!(
+                consul_headers(&record),
+                vec![("x-consul-lookup".to_string(), "error".to_string())],
+                "{flavour:?}: only the truth of this request"
+            );
+            assert_eq!(
+                record.upstream_header("baggage"),
+                Some("ui.component=checkout-form"),
+                "{flavour:?}"
+            );
+        }
+        assert_eq!(gw.metric("stripped"), 3 * 6, "{flavour:?}");
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn forged_values_are_replaced_by_consuls_on_enriched_requests() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"meta_keys": ["version", "region", "owner"]});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(forged(echo_request(flavour)));
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        assert_eq!(record.upstream_header("x-consul-lookup"), Some("miss"));
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("1.2.0,1.3.0")
+        );
+        assert_eq!(
+            record.upstream_header("x-consul-meta-owner"),
+            None,
+            "{flavour:?}: a key Consul lacks is not left to the client"
+        );
+        let baggage = record.upstream_header("baggage").unwrap().to_string();
+        let members = baggage_members(&baggage);
+        assert!(members.contains(&"consul.service=echo"), "{baggage}");
+        assert!(members.contains(&"consul.service.meta.version=1.2.0%2C1.3.0"));
+        assert!(members.contains(&"ui.component=checkout-form"));
+        assert!(!baggage.to_ascii_lowercase().contains("evil"), "{baggage}");
+        assert!(!baggage.contains("admin"), "{baggage}");
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn without_a_usable_answer_the_upstream_learns_only_why() {
+    for flavour in Flavour::ALL {
+        let consul = ConsulStandin::start(ConsulOptions::default()).unwrap();
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let request = gw.send(forged(echo_request(flavour)));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            consul_headers(&record),
+            vec![("x-consul-lookup".to_string(), "unknown".to_string())],
+            "{flavour:?}: an unknown service"
+        );
+        let unrouted =
+            RequestSpec::get("example.org", "/other").header("x-consul-service", "admin");
+        let request = gw.send(unrouted);
+        let record = gw.forwarded(request);
+        assert_eq!(
+            consul_headers(&record),
+            vec![("x-consul-lookup".to_string(), "none".to_string())],
+            "{flavour:?}: no Consul service for this request"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn several_baggage_headers_are_one_list() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let spec = echo_request(flavour)
+            .header("baggage", "first=1,ui.component=checkout-form")
+            .header("baggage", "second=2;p");
+        let request = gw.send(spec);
+        let record = gw.forwarded(request);
+        let lines: Vec<_> = record
+            .upstream_headers
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n == "baggage")
+            .collect();
+        assert_eq!(lines.len(), 1, "{flavour:?}: {lines:?}");
+        let members = baggage_members(&lines[0].1);
+        assert_eq!(
+            members[..3],
+            ["first=1", "ui.component=checkout-form", "second=2;p"],
+            "{flavour:?}: the caller's members first, in order"
+        );
+        assert!(members.contains(&"consul.service=echo"));
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn several_traceparent_headers_pass_untouched() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"spans": {"enabled": true, "upstream": consul.addr().to_string()}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let request = gw.send(echo_request(flavour).header("traceparent", other));
+        let record = gw.forwarded(request);
+        let sent: Vec<_> = record
+            .upstream_headers
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n == "traceparent")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![TRACEPARENT.to_string(), other.to_string()],
+            "{flavour:?}"
+        );
+        assert_eq!(gw.metric("invalid_traceparent"), 1);
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn consul_text_is_encoded_once_and_attributes_carry_it_decoded() {
+    for flavour in Flavour::ALL {
+        let consul = ConsulStandin::start(ConsulOptions::default()).unwrap();
+        consul.register(
+            Instance::new("echo", "echo-zh")
+                .address("2001:db8:0:0:0:0:0:1")
+                .port(5000)
+                .meta("version", "1.0")
+                .meta("region", "Zürich")
+                .meta("build id\r\nx", "42"),
+        );
+        let extra = json!({"headers": {"response": true}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(echo_request(flavour));
+        let record = gw.forwarded(request);
+        let baggage = record.upstream_header("baggage").unwrap().to_string();
+        assert!(
+            baggage_members(&baggage).contains(&"consul.service.meta.region=Z%C3%BCrich"),
+            "{flavour:?}: {baggage}"
+        );
+        gw.host
+            .respond(
+                request,
+                "[2001:db8::1]:5000",
+                vec![(":status".into(), "200".into())],
+            )
+            .unwrap();
+        let record = gw.host.record(request).cloned().unwrap();
+        assert_eq!(
+            record.client_response_header("x-consul-instance-id"),
+            Some("echo-zh"),
+            "{flavour:?}: IPv6 compared as an address"
+        );
+        if flavour == Flavour::Kong {
+            let raw = &record.kong_ctx_shared["consul_enricher"];
+            let attributes: Value = serde_json::from_slice(raw).unwrap();
+            assert_eq!(attributes["consul.service.meta.region"], "Zürich");
+            assert_eq!(
+                attributes["consul.service.meta.build_id__x"], "42",
+                "{attributes}"
+            );
+            assert_eq!(attributes["network.peer.address"], "2001:db8::1");
+            assert_eq!(attributes["server.port"], 5000);
+        }
+        gw.assert_no_traps();
+    }
+}
