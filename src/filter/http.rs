@@ -7,7 +7,7 @@ use proxy_wasm::types::{Action, MapType};
 
 use super::host;
 use super::lookup::MissOutcome;
-use super::{RequestState, Shared};
+use super::{Counter, RequestState, Shared};
 use crate::cache::{decide, Lookup};
 use crate::config::{Config, HostKind};
 use crate::enrich;
@@ -127,11 +127,11 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
     }
     let stripped = incoming.forged.len() + removed;
     if stripped > 0 {
-        host::increment(shared.metrics.stripped, stripped as u64);
+        shared.metrics.count(Counter::Stripped, stripped as u64);
     }
     Baggage::parse(&kept)
         .map_err(|e| {
-            host::increment(shared.metrics.invalid_baggage, 1);
+            shared.metrics.count(Counter::InvalidBaggage, 1);
             log_invalid(shared, "baggage", e.as_str());
         })
         .ok()
@@ -144,14 +144,14 @@ fn read_trace(shared: &Shared, traceparents: &[String]) -> Option<TraceParent> {
         [] => return None,
         [one] => one,
         _ => {
-            host::increment(shared.metrics.invalid_traceparent, 1);
+            shared.metrics.count(Counter::InvalidTraceparent, 1);
             log_invalid(shared, "traceparent", "the request has several");
             return None;
         }
     };
     TraceParent::parse(value)
         .map_err(|e| {
-            host::increment(shared.metrics.invalid_traceparent, 1);
+            shared.metrics.count(Counter::InvalidTraceparent, 1);
             log_invalid(shared, "traceparent", e.as_str());
         })
         .ok()
@@ -205,7 +205,7 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let config = &shared.config;
-        host::increment(shared.metrics.requests, 1);
+        shared.metrics.count(Counter::Requests, 1);
         let start_nanos = host::now_nanos();
 
         let incoming = Incoming::read(&config.headers.prefix);
@@ -242,8 +242,9 @@ impl HttpContext for Http {
             return Action::Continue;
         };
 
-        let entry = shared.read_entry(&name);
-        let lookup = decide(entry.as_deref(), host::now_ms());
+        let now = start_nanos / 1_000_000;
+        let entry = shared.entry_for_request(&name, now);
+        let lookup = decide(entry.as_deref(), now);
         match lookup {
             Lookup::Miss => {
                 let target = shared
@@ -257,7 +258,7 @@ impl HttpContext for Http {
                         return Action::Pause;
                     }
                 }
-                shared.apply(self.id, shared.read_entry(&name), Lookup::Backoff);
+                shared.apply(self.id, shared.read_entry(&name), Lookup::Backoff, now);
             }
             Lookup::Stale { refresh } => {
                 if refresh {
@@ -266,9 +267,9 @@ impl HttpContext for Http {
                         state.refresh_wanted.push(name);
                     }
                 }
-                shared.apply(self.id, entry, lookup);
+                shared.apply(self.id, entry, lookup, now);
             }
-            _ => shared.apply(self.id, entry, lookup),
+            _ => shared.apply(self.id, entry, lookup, now),
         }
         Action::Continue
     }

@@ -22,7 +22,7 @@ use hashbrown::HashMap;
 use proxy_wasm::types::{MapType, Status};
 
 use super::host;
-use super::{Call, Memo, Pending, Shared, WorkerState};
+use super::{Call, Counter, Memo, Pending, Shared, WorkerState};
 use crate::cache::{decide, encode_lease, lease_held, Entry, Lookup};
 use crate::config::{Config, HostKind};
 use crate::consul::{catalog_path, parse_catalog};
@@ -41,7 +41,26 @@ pub enum MissOutcome {
     FailOpen,
 }
 
+/// How long a worker serves a fresh entry from its own memo before it reads shared data
+/// again: the bound on how late it sees an answer another worker stored.
+pub const MEMO_RECHECK_MS: u64 = 500;
+
 impl Shared {
+    /// The service's cache entry for a request: the worker's memo while it is fresh and was
+    /// checked against shared data within [`MEMO_RECHECK_MS`], else shared data.
+    pub fn entry_for_request(&self, service: &str, now: u64) -> Option<Rc<Entry>> {
+        {
+            let state = self.state.borrow();
+            if let Some(memo) = state.memo.get(service) {
+                let recent = now.saturating_sub(memo.checked_ms) < MEMO_RECHECK_MS;
+                if recent && decide(Some(&memo.entry), now) == Lookup::Hit {
+                    return Some(Rc::clone(&memo.entry));
+                }
+            }
+        }
+        self.read_entry(service)
+    }
+
     /// The service's cache entry, decoded only when the stored value changed.
     pub fn read_entry(&self, service: &str) -> Option<Rc<Entry>> {
         let key = self.config.entry_key(service);
@@ -53,9 +72,11 @@ impl Shared {
             }
         };
         let bytes = bytes?;
+        let now = host::now_ms();
         let mut state = self.state.borrow_mut();
-        if let Some(memo) = state.memo.get(service) {
+        if let Some(memo) = state.memo.get_mut(service) {
             if cas.is_some() && memo.cas == cas {
+                memo.checked_ms = now;
                 return Some(Rc::clone(&memo.entry));
             }
         }
@@ -73,6 +94,7 @@ impl Shared {
             service.to_string(),
             Memo {
                 cas,
+                checked_ms: now,
                 entry: Rc::clone(&entry),
                 service: None,
             },
@@ -132,7 +154,7 @@ impl Shared {
             headers.push(("x-consul-token", c.token.as_str()));
         }
         let token = host::dispatch(&c.upstream, headers, None, c.timeout_ms)?;
-        host::increment(self.metrics.consul_calls, 1);
+        self.metrics.count(Counter::ConsulCalls, 1);
         self.state.borrow_mut().calls.insert(
             token,
             Call::Catalog {
@@ -172,7 +194,7 @@ impl Shared {
             let mut state = self.state.borrow_mut();
             if let Some(p) = state.pending.get_mut(&target.name) {
                 p.waiters.push(context_id);
-                host::increment(self.metrics.coalesced_waiters, 1);
+                self.metrics.count(Counter::CoalescedWaiters, 1);
                 return MissOutcome::Paused;
             }
         }
@@ -184,7 +206,7 @@ impl Shared {
                 return MissOutcome::FailOpen;
             }
         } else {
-            host::increment(self.metrics.coalesced_waiters, 1);
+            self.metrics.count(Counter::CoalescedWaiters, 1);
         }
         self.state.borrow_mut().pending.insert(
             target.name.clone(),
@@ -203,7 +225,7 @@ impl Shared {
             "consul-enricher: cannot call Consul at {} for {service}: {status:?}",
             self.config.consul.upstream,
         );
-        host::increment(self.metrics.consul_errors, 1);
+        self.metrics.count(Counter::ConsulErrors, 1);
         self.record_failure(service);
     }
 
@@ -232,7 +254,8 @@ impl Shared {
                     // Kong delivers the answer to the request that made the call; the host
                     // resumes it when this callback returns.
                     Some(waiter) if waiter == current => {
-                        self.apply(waiter, Some(Rc::clone(&entry)), waiter_lookup(&entry));
+                        let now = host::now_ms();
+                        self.apply(waiter, Some(Rc::clone(&entry)), waiter_lookup(&entry), now);
                     }
                     Some(waiter) => log::debug!(
                         "consul-enricher: answer for request {waiter} delivered to {current}"
@@ -291,9 +314,9 @@ impl Shared {
                 let timed_out = dispatch_status.as_deref() == Some("timeout")
                     || host::now_ms().saturating_sub(sent_ms) >= timeout_ms;
                 if timed_out {
-                    host::increment(self.metrics.consul_timeouts, 1);
+                    self.metrics.count(Counter::ConsulTimeouts, 1);
                 } else {
-                    host::increment(self.metrics.consul_errors, 1);
+                    self.metrics.count(Counter::ConsulErrors, 1);
                 }
                 log::warn!(
                     "consul-enricher: Consul lookup of {service} failed: {}{}{}",
@@ -319,7 +342,7 @@ impl Shared {
         // Only Envoy registers waiters (see the module comment): it resumes them here.
         for waiter in pending.waiters {
             if host::switch_to(waiter) {
-                self.apply(waiter, entry.clone(), lookup);
+                self.apply(waiter, entry.clone(), lookup, host::now_ms());
                 host::resume_request();
             }
         }
@@ -343,7 +366,7 @@ impl Shared {
             if answered {
                 self.finish_pending(root_id, &service, entry);
             } else if now >= deadline {
-                host::increment(self.metrics.consul_timeouts, 1);
+                self.metrics.count(Counter::ConsulTimeouts, 1);
                 log::warn!("consul-enricher: no Consul answer for {service} in time; serving without enrichment");
                 let entry = if own_call {
                     self.release_lease(&service);
@@ -395,7 +418,7 @@ impl Shared {
                 }
                 Err(status) => {
                     log::warn!("consul-enricher: cannot refresh {service}: {status:?}");
-                    host::increment(self.metrics.consul_errors, 1);
+                    self.metrics.count(Counter::ConsulErrors, 1);
                     self.release_lease(&service);
                     self.record_failure(&service);
                 }
@@ -405,8 +428,7 @@ impl Shared {
 
     /// Writes the service-level enrichment into the request of `context_id`, which must be
     /// the effective context.
-    pub fn apply(&self, context_id: u32, entry: Option<Rc<Entry>>, lookup: Lookup) {
-        let now = host::now_ms();
+    pub fn apply(&self, context_id: u32, entry: Option<Rc<Entry>>, lookup: Lookup, now: u64) {
         let mut state = self.state.borrow_mut();
         let WorkerState { requests, memo, .. } = &mut *state;
         let Some(req) = requests.get_mut(&context_id) else {
@@ -433,9 +455,9 @@ impl Shared {
             }
         }
         if !e.headers.is_empty() {
-            host::increment(self.metrics.enriched, 1);
+            self.metrics.count(Counter::Enriched, 1);
         }
-        host::increment(lookup.metric(&self.metrics), 1);
+        self.metrics.count(lookup.counter(), 1);
         let mut attributes = Attributes::with_capacity(e.attributes.len() + 8);
         attributes.extend_from_slice(&e.attributes);
         attributes.append(&mut req.baggage_attributes);

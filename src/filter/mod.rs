@@ -30,44 +30,86 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
 }}
 
-/// Counters, defined once per worker in `on_configure`. `None` where the host refused
-/// the definition: the filter still works, it just cannot count.
-#[derive(Default)]
+/// The filter's counters (`consul_enricher_<name>_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Requests,
+    Enriched,
+    CacheHits,
+    CacheMisses,
+    CacheStale,
+    ConsulCalls,
+    ConsulErrors,
+    ConsulTimeouts,
+    CoalescedWaiters,
+    InvalidTraceparent,
+    InvalidBaggage,
+    Stripped,
+    SpansExported,
+    SpansDropped,
+}
+
+const COUNTER_NAMES: [(Counter, &str); 14] = [
+    (Counter::Requests, "consul_enricher_requests_total"),
+    (Counter::Enriched, "consul_enricher_enriched_total"),
+    (Counter::CacheHits, "consul_enricher_cache_hits_total"),
+    (Counter::CacheMisses, "consul_enricher_cache_misses_total"),
+    (Counter::CacheStale, "consul_enricher_cache_stale_total"),
+    (Counter::ConsulCalls, "consul_enricher_consul_calls_total"),
+    (Counter::ConsulErrors, "consul_enricher_consul_errors_total"),
+    (
+        Counter::ConsulTimeouts,
+        "consul_enricher_consul_timeouts_total",
+    ),
+    (
+        Counter::CoalescedWaiters,
+        "consul_enricher_coalesced_waiters_total",
+    ),
+    (
+        Counter::InvalidTraceparent,
+        "consul_enricher_invalid_traceparent_total",
+    ),
+    (
+        Counter::InvalidBaggage,
+        "consul_enricher_invalid_baggage_total",
+    ),
+    (Counter::Stripped, "consul_enricher_stripped_total"),
+    (
+        Counter::SpansExported,
+        "consul_enricher_spans_exported_total",
+    ),
+    (Counter::SpansDropped, "consul_enricher_spans_dropped_total"),
+];
+
+/// Counters defined once per worker in `on_configure` (`None` where the host refused the
+/// definition: the filter still works, it just cannot count). Counts accumulate in the
+/// worker and reach the host on the tick, so counting costs a request no host call.
 pub struct Metrics {
-    pub requests: Option<u32>,
-    pub enriched: Option<u32>,
-    pub cache_hits: Option<u32>,
-    pub cache_misses: Option<u32>,
-    pub cache_stale: Option<u32>,
-    pub consul_calls: Option<u32>,
-    pub consul_errors: Option<u32>,
-    pub consul_timeouts: Option<u32>,
-    pub coalesced_waiters: Option<u32>,
-    pub invalid_traceparent: Option<u32>,
-    pub invalid_baggage: Option<u32>,
-    pub stripped: Option<u32>,
-    pub spans_exported: Option<u32>,
-    pub spans_dropped: Option<u32>,
+    ids: [Option<u32>; COUNTER_NAMES.len()],
+    pending: [Cell<u64>; COUNTER_NAMES.len()],
 }
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |name| host::define_counter(name);
         Metrics {
-            requests: c("consul_enricher_requests_total"),
-            enriched: c("consul_enricher_enriched_total"),
-            cache_hits: c("consul_enricher_cache_hits_total"),
-            cache_misses: c("consul_enricher_cache_misses_total"),
-            cache_stale: c("consul_enricher_cache_stale_total"),
-            consul_calls: c("consul_enricher_consul_calls_total"),
-            consul_errors: c("consul_enricher_consul_errors_total"),
-            consul_timeouts: c("consul_enricher_consul_timeouts_total"),
-            coalesced_waiters: c("consul_enricher_coalesced_waiters_total"),
-            invalid_traceparent: c("consul_enricher_invalid_traceparent_total"),
-            invalid_baggage: c("consul_enricher_invalid_baggage_total"),
-            stripped: c("consul_enricher_stripped_total"),
-            spans_exported: c("consul_enricher_spans_exported_total"),
-            spans_dropped: c("consul_enricher_spans_dropped_total"),
+            ids: COUNTER_NAMES.map(|(_, name)| host::define_counter(name)),
+            pending: Default::default(),
+        }
+    }
+
+    pub fn count(&self, counter: Counter, by: u64) {
+        if let Some(cell) = self.pending.get(counter as usize) {
+            cell.set(cell.get().saturating_add(by));
+        }
+    }
+
+    /// Hands the accumulated counts to the host (from the tick).
+    pub fn flush(&self) {
+        for (id, cell) in self.ids.iter().zip(&self.pending) {
+            let by = cell.take();
+            if by > 0 {
+                host::increment(*id, by);
+            }
         }
     }
 }
@@ -125,6 +167,8 @@ pub enum Call {
 /// not computed again for every request (with the lookup label it was computed for).
 pub struct Memo {
     pub cas: Option<u32>,
+    /// When shared data last showed this entry.
+    pub checked_ms: u64,
     pub entry: Rc<Entry>,
     pub service: Option<(&'static str, Rc<Enrichment>)>,
 }
@@ -157,11 +201,11 @@ pub struct Shared {
 pub const TICK_MS: u64 = 50;
 
 impl Lookup {
-    fn metric(self, m: &Metrics) -> Option<u32> {
+    fn counter(self) -> Counter {
         match self {
-            Lookup::Hit | Lookup::Negative => m.cache_hits,
-            Lookup::Stale { .. } => m.cache_stale,
-            Lookup::Miss | Lookup::Backoff => m.cache_misses,
+            Lookup::Hit | Lookup::Negative => Counter::CacheHits,
+            Lookup::Stale { .. } => Counter::CacheStale,
+            Lookup::Miss | Lookup::Backoff => Counter::CacheMisses,
         }
     }
 }

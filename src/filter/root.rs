@@ -73,7 +73,9 @@ impl RootContext for Root {
             }),
         };
         if host::set_tick_period_ms(TICK_MS as u32).is_err() {
-            log::warn!("consul-enricher: no tick: background refresh and span export are off");
+            log::warn!(
+                "consul-enricher: no tick: background refresh, span export and metrics are off"
+            );
         }
         log::info!(
             "consul-enricher: configured (host {}, Consul at {})",
@@ -92,6 +94,7 @@ impl RootContext for Root {
             shared.poll_pending(self.id);
             shared.refresh_stale();
             shared.flush_spans();
+            shared.metrics.flush();
         }
     }
 

@@ -1,7 +1,7 @@
 //! The filter's own spans: queued per worker, exported in batches from the tick.
 
 use super::host;
-use super::{Call, RequestState, Shared};
+use super::{Call, Counter, RequestState, Shared};
 use crate::span::{encode_export, SpanRecord};
 
 /// Export calls in flight per worker; more spans wait in the queue.
@@ -32,7 +32,7 @@ impl Shared {
         };
         let mut state = self.state.borrow_mut();
         if state.spans.len() >= self.config.spans.max_queue as usize {
-            host::increment(self.metrics.spans_dropped, 1);
+            self.metrics.count(Counter::SpansDropped, 1);
         } else {
             state.spans.push_back(record);
         }
@@ -80,7 +80,7 @@ impl Shared {
                     "consul-enricher: cannot export spans to {}: {status:?}",
                     sp.upstream
                 );
-                host::increment(self.metrics.spans_dropped, count);
+                self.metrics.count(Counter::SpansDropped, count);
             }
         }
     }
@@ -95,13 +95,13 @@ impl Shared {
         let status = host::call_response_header(":status");
         let ok = status.as_deref().is_some_and(|s| s.starts_with('2'));
         if ok {
-            host::increment(self.metrics.spans_exported, spans);
+            self.metrics.count(Counter::SpansExported, spans);
         } else {
             log::warn!(
                 "consul-enricher: span export failed (status {}); {spans} spans dropped",
                 status.as_deref().unwrap_or("none")
             );
-            host::increment(self.metrics.spans_dropped, spans);
+            self.metrics.count(Counter::SpansDropped, spans);
         }
     }
 }
