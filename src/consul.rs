@@ -542,7 +542,9 @@ impl<'de, E: DeserializeOwned + Into<Instance>> Visitor<'de> for Entries<E> {
                 dropped += 1;
                 continue;
             }
-            let mut entry = serde_json::Deserializer::from_str(raw.get());
+            // From bytes, as the whole answer is read: one reader type, so the entry
+            // decoding is compiled once into the `.wasm`.
+            let mut entry = serde_json::Deserializer::from_slice(raw.get().as_bytes());
             match from_object::<_, E>(&mut entry) {
                 Ok(entry) => instances.push(entry.into()),
                 Err(_) => invalid += 1,
