@@ -1,12 +1,19 @@
 //! The filter's configuration: one JSON object, parsed once in `on_configure`.
 //!
-//! Every key has a default (see the README's table); unknown keys are refused. Errors name
-//! the offending key by its dotted path, so the host's log says what to fix.
+//! The structs below are the schema. serde reads them: every struct refuses unknown keys and
+//! takes its `Default` for absent ones (the README's table), and is read from an object only,
+//! with no key twice ([`crate::object`]). `serde_path_to_error` names the key an error is
+//! about by its dotted path, so the host's log says what to fix; what types cannot say
+//! (ranges, formats, rules across keys) is checked by one `validate` step after.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
 
 use crate::header_value::is_token;
-use crate::json::{self, Json};
+use crate::object::from_object_with_unique_keys as object;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HostKind {
     /// Kong Gateway (ngx_wasm_module): dispatch upstream is `host:port`.
     Kong,
@@ -14,20 +21,44 @@ pub enum HostKind {
     Envoy,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// By hand rather than derived: serde_json reads a derived enum only from a string or an
+/// object and answers anything else with a bare "expected value"; this names the type.
+impl<'de> Deserialize<'de> for HostKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "kong" => Ok(HostKind::Kong),
+            "envoy" => Ok(HostKind::Envoy),
+            other => Err(de::Error::unknown_variant(other, &["kong", "envoy"])),
+        }
+    }
+}
+
+// `Serialize` writes a configuration back as the JSON it was read from (tests and fuzzing
+// compare the field list with the README and the Kong schema); the filter never calls it,
+// so it adds nothing to the `.wasm`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub host: HostKind,
+    #[serde(deserialize_with = "object")]
     pub consul: ConsulConfig,
+    #[serde(deserialize_with = "object")]
     pub service: ServiceConfig,
+    #[serde(deserialize_with = "object")]
     pub cache: CacheConfig,
+    #[serde(deserialize_with = "object")]
     pub headers: HeadersConfig,
     pub meta_keys: Vec<String>,
+    #[serde(deserialize_with = "object")]
     pub baggage: BaggageConfig,
     pub kong_ctx_shared: bool,
+    #[serde(deserialize_with = "object")]
     pub spans: SpansConfig,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsulConfig {
     pub upstream: String,
     pub authority: String,
@@ -40,14 +71,16 @@ pub struct ConsulConfig {
     pub max_instances: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
     pub from_host: bool,
     pub from_cluster: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     pub ttl_s: u32,
     pub stale_s: u32,
@@ -57,20 +90,23 @@ pub struct CacheConfig {
     pub shm_namespace: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HeadersConfig {
     pub request: bool,
     pub response: bool,
     pub prefix: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BaggageConfig {
     pub enabled: bool,
     pub read_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SpansConfig {
     pub enabled: bool,
     pub upstream: String,
@@ -209,102 +245,18 @@ impl Config {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Config::default());
         }
-        let doc = json::parse(bytes).map_err(|e| ConfigError {
-            key: String::new(),
-            reason: e.to_string(),
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let mut track = serde_path_to_error::Track::new();
+        let parsed = object::<_, Config>(serde_path_to_error::Deserializer::new(
+            &mut json, &mut track,
+        ))
+        .and_then(|config| json.end().map(|()| config));
+        let config = parsed.map_err(|error| ConfigError {
+            key: dotted_path(&track.path()),
+            reason: reason(&error),
         })?;
-        let mut c = Config::default();
-        members("", &doc, |key, v| {
-            match key {
-                "host" => {
-                    c.host = match string(key, v)?.as_str() {
-                        "kong" => HostKind::Kong,
-                        "envoy" => HostKind::Envoy,
-                        _ => return Err(refuse(key, "must be \"kong\" or \"envoy\"")),
-                    }
-                }
-                "consul" => members(key, v, |key, v| {
-                    let k = &mut c.consul;
-                    match leaf(key) {
-                        "upstream" => k.upstream = string(key, v)?,
-                        "authority" => k.authority = string(key, v)?,
-                        "datacenter" => k.datacenter = string(key, v)?,
-                        "token" => k.token = string(key, v)?,
-                        "stale" => k.stale = boolean(key, v)?,
-                        "filter" => k.filter = string(key, v)?,
-                        "timeout_ms" => k.timeout_ms = number(key, v)?,
-                        "max_body_bytes" => k.max_body_bytes = number(key, v)?,
-                        "max_instances" => k.max_instances = number(key, v)?,
-                        _ => return Ok(false),
-                    }
-                    Ok(true)
-                })?,
-                "service" => members(key, v, |key, v| {
-                    let k = &mut c.service;
-                    match leaf(key) {
-                        "name" => k.name = string(key, v)?,
-                        "from_host" => k.from_host = boolean(key, v)?,
-                        "from_cluster" => k.from_cluster = boolean(key, v)?,
-                        _ => return Ok(false),
-                    }
-                    Ok(true)
-                })?,
-                "cache" => members(key, v, |key, v| {
-                    let k = &mut c.cache;
-                    match leaf(key) {
-                        "ttl_s" => k.ttl_s = number(key, v)?,
-                        "stale_s" => k.stale_s = number(key, v)?,
-                        "negative_ttl_s" => k.negative_ttl_s = number(key, v)?,
-                        "backoff_s" => k.backoff_s = number(key, v)?,
-                        "max_backoff_s" => k.max_backoff_s = number(key, v)?,
-                        "shm_namespace" => k.shm_namespace = string(key, v)?,
-                        _ => return Ok(false),
-                    }
-                    Ok(true)
-                })?,
-                "headers" => members(key, v, |key, v| {
-                    let k = &mut c.headers;
-                    match leaf(key) {
-                        "request" => k.request = boolean(key, v)?,
-                        "response" => k.response = boolean(key, v)?,
-                        "prefix" => k.prefix = string(key, v)?,
-                        _ => return Ok(false),
-                    }
-                    Ok(true)
-                })?,
-                "meta_keys" => c.meta_keys = strings(key, v)?,
-                "baggage" => members(key, v, |key, v| {
-                    let k = &mut c.baggage;
-                    match leaf(key) {
-                        "enabled" => k.enabled = boolean(key, v)?,
-                        "read_keys" => k.read_keys = strings(key, v)?,
-                        _ => return Ok(false),
-                    }
-                    Ok(true)
-                })?,
-                "kong_ctx_shared" => c.kong_ctx_shared = boolean(key, v)?,
-                "spans" => members(key, v, |key, v| {
-                    let k = &mut c.spans;
-                    match leaf(key) {
-                        "enabled" => k.enabled = boolean(key, v)?,
-                        "upstream" => k.upstream = string(key, v)?,
-                        "authority" => k.authority = string(key, v)?,
-                        "path" => k.path = string(key, v)?,
-                        "service_name" => k.service_name = string(key, v)?,
-                        "reparent" => k.reparent = boolean(key, v)?,
-                        "batch_size" => k.batch_size = number(key, v)?,
-                        "max_queue" => k.max_queue = number(key, v)?,
-                        "flush_ms" => k.flush_ms = number(key, v)?,
-                        _ => return Ok(false),
-                    }
-                    Ok(true)
-                })?,
-                _ => return Ok(false),
-            }
-            Ok(true)
-        })?;
-        c.validate()?;
-        Ok(c)
+        config.validate()?;
+        Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -454,89 +406,29 @@ impl Config {
     }
 }
 
-fn join(parent: &str, key: &str) -> String {
-    let mut path = String::with_capacity(parent.len() + key.len() + 1);
-    path.push_str(parent);
-    if !parent.is_empty() {
-        path.push('.');
-    }
-    path.push_str(key);
-    path
-}
-
-/// The last segment of a dotted key path.
-fn leaf(path: &str) -> &str {
-    path.rsplit('.').next().unwrap_or(path)
-}
-
-/// Calls `field` with the full path and value of each member of the object at `path`;
-/// `field` returns false for a key it does not know, which is refused.
-fn members(
-    path: &str,
-    value: &Json,
-    mut field: impl FnMut(&str, &Json) -> Result<bool, ConfigError>,
-) -> Result<(), ConfigError> {
-    let Json::Object(items) = value else {
-        return Err(wrong_type(path, "an object", value));
-    };
-    for (n, (key, v)) in items.iter().enumerate() {
-        let full = join(path, key);
-        if items.iter().take(n).any(|(k, _)| k == key) {
-            return Err(refuse(&full, "duplicate key"));
-        }
-        if !field(&full, v)? {
-            return Err(refuse(&full, "unknown key"));
-        }
-    }
-    Ok(())
-}
-
-fn wrong_type(key: &str, expected: &str, got: &Json) -> ConfigError {
-    let mut reason = String::from("must be ");
-    reason.push_str(expected);
-    reason.push_str(", not ");
-    reason.push_str(got.kind());
-    ConfigError {
-        key: key.into(),
-        reason,
+/// The key an error is about, `consul.timeout_ms` or `meta_keys[1]`; empty for the document.
+fn dotted_path(path: &serde_path_to_error::Path) -> String {
+    if path.iter().next().is_none() {
+        String::new()
+    } else {
+        path.to_string()
     }
 }
 
-fn string(key: &str, v: &Json) -> Result<String, ConfigError> {
-    match v {
-        Json::String(s) => Ok(s.clone()),
-        other => Err(wrong_type(key, "a string", other)),
+/// serde_json's message. A type or value error drops serde_json's position: the key already
+/// says where, and hosts (Kong from YAML, Envoy from a protobuf string) hand the filter JSON
+/// they wrote themselves, whose lines and columns the operator never saw. A syntax error
+/// keeps it, as there may be no key to name.
+fn reason(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    if !error.is_data() {
+        return text;
     }
-}
-
-fn boolean(key: &str, v: &Json) -> Result<bool, ConfigError> {
-    match v {
-        Json::Bool(b) => Ok(*b),
-        other => Err(wrong_type(key, "a boolean", other)),
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_string(),
+        None => text,
     }
-}
-
-fn number(key: &str, v: &Json) -> Result<u32, ConfigError> {
-    v.as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .ok_or_else(|| wrong_type(key, "a whole number from 0 to 4294967295", v))
-}
-
-fn strings(key: &str, v: &Json) -> Result<Vec<String>, ConfigError> {
-    let Json::Array(items) = v else {
-        return Err(wrong_type(key, "an array of strings", v));
-    };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let mut path = String::from(key);
-            path.push('[');
-            path.push_str(&i.to_string());
-            path.push(']');
-            string(&path, item)
-        })
-        .collect()
 }
 
 fn in_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), ConfigError> {
@@ -667,9 +559,19 @@ mod tests {
     fn unknown_keys_are_refused_with_their_path() {
         let e = err(r#"{"consul":{"timout_ms":5}}"#);
         assert_eq!(e.key, "consul.timout_ms");
-        assert_eq!(e.reason, "unknown key");
+        assert!(
+            e.reason
+                .starts_with("unknown field `timout_ms`, expected one of `upstream`"),
+            "{}",
+            e.reason
+        );
         let e = err(r#"{"colour":"blue"}"#);
         assert_eq!(e.key, "colour");
+        assert!(
+            e.reason.starts_with("unknown field `colour`"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]
@@ -687,18 +589,105 @@ mod tests {
     }
 
     #[test]
+    fn wrong_types_say_what_was_expected() {
+        for (json, key, reason) in [
+            (
+                r#"{"consul":{"timeout_ms":"fast"}}"#,
+                "consul.timeout_ms",
+                "invalid type: string \"fast\", expected u32",
+            ),
+            (
+                r#"{"consul":{"timeout_ms":1.5}}"#,
+                "consul.timeout_ms",
+                "invalid type: floating point `1.5`, expected u32",
+            ),
+            (
+                r#"{"cache":{"ttl_s":4294967296}}"#,
+                "cache.ttl_s",
+                "invalid value: integer `4294967296`, expected u32",
+            ),
+            (
+                r#"{"host":"nginx"}"#,
+                "host",
+                "unknown variant `nginx`, expected `kong` or `envoy`",
+            ),
+            (
+                r#"{"host":1}"#,
+                "host",
+                "invalid type: integer `1`, expected a string",
+            ),
+            (
+                r#"{"consul":{"stale":"yes"}}"#,
+                "consul.stale",
+                "invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                r#"{"meta_keys":"version"}"#,
+                "meta_keys",
+                "invalid type: string \"version\", expected a sequence",
+            ),
+            (
+                r#"{"meta_keys":["a",3]}"#,
+                "meta_keys[1]",
+                "invalid type: integer `3`, expected a string",
+            ),
+            (
+                r#"{"consul":null}"#,
+                "consul",
+                "invalid type: null, expected an object",
+            ),
+            (
+                r#"{"consul":"consul:8500"}"#,
+                "consul",
+                "invalid type: string \"consul:8500\", expected an object",
+            ),
+        ] {
+            let e = err(json);
+            assert_eq!((e.key.as_str(), e.reason.as_str()), (key, reason), "{json}");
+        }
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        // A derived struct alone would read an array as its fields in order.
+        let e = err(r#"{"service":["echo",false,true]}"#);
+        assert_eq!(e.key, "service");
+        assert_eq!(e.reason, "invalid type: sequence, expected an object");
+        let e = err(r#"["envoy"]"#);
+        assert_eq!(e.key, "");
+        assert_eq!(e.reason, "invalid type: sequence, expected an object");
+    }
+
+    #[test]
     fn duplicate_keys_are_refused() {
         let e = err(r#"{"cache":{"ttl_s":5,"ttl_s":6}}"#);
         assert_eq!(e.key, "cache.ttl_s");
         assert_eq!(e.reason, "duplicate key");
+        let e = err(r#"{"host":"kong","cache":{},"host":"envoy"}"#);
+        assert_eq!(e.key, "host");
+        assert_eq!(e.reason, "duplicate key");
+        // The same key in two different objects is no repeat.
+        let c = Config::from_json(br#"{"consul":{"upstream":"c:1"},"spans":{"upstream":"s:2"}}"#)
+            .unwrap();
+        assert_eq!(
+            (c.consul.upstream.as_str(), c.spans.upstream.as_str()),
+            ("c:1", "s:2")
+        );
     }
 
     #[test]
     fn malformed_json_is_refused() {
         let e = err("{\"host\":");
         assert!(!e.reason.is_empty());
+        assert_eq!(e.reason, "EOF while parsing a value at line 1 column 8");
         assert!(Config::from_json(b"[]").is_err());
         assert!(Config::from_json(b"\"kong\"").is_err());
+        let e = err("{} {}");
+        assert_eq!(e.key, "");
+        assert_eq!(e.reason, "trailing characters at line 1 column 4");
+        let e = err("{\"consul\":{\"token\":\"\\ud800\"}}");
+        assert_eq!(e.key, "consul.token");
+        assert!(e.reason.contains("escape"), "{}", e.reason);
     }
 
     #[test]
@@ -791,6 +780,16 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid configuration: cache.ttl_s: must be between 1 and 86400"
+        );
+        assert_eq!(
+            err(r#"{"spans":{"flush":5}}"#).to_string(),
+            "invalid configuration: spans.flush: unknown field `flush`, expected one of \
+             `enabled`, `upstream`, `authority`, `path`, `service_name`, `reparent`, \
+             `batch_size`, `max_queue`, `flush_ms`"
+        );
+        assert_eq!(
+            err("[]").to_string(),
+            "invalid configuration: (top level): invalid type: sequence, expected an object"
         );
     }
 }

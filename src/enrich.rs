@@ -275,50 +275,26 @@ pub fn merge(into: &mut Attributes, from: Attributes) {
     }
 }
 
-/// The attributes as one JSON object (`kong.ctx.shared.consul_enricher`).
+/// The attributes as one JSON object (`kong.ctx.shared.consul_enricher`), in their order.
 pub fn to_json_object(attrs: &Attributes) -> String {
-    let mut out = String::with_capacity(64 + attrs.len() * 48);
-    out.push('{');
-    for (n, (k, v)) in attrs.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        json_string(k, &mut out);
-        out.push(':');
-        match v {
-            AttrValue::Str(s) => json_string(s, &mut out),
-            AttrValue::Int(i) => out.push_str(&i.to_string()),
-        }
-    }
-    out.push('}');
-    out
+    // Cannot fail: every key is a string and the output is memory.
+    serde_json::to_string(&AttributeObject(attrs)).unwrap_or_else(|_| String::from("{}"))
 }
 
-/// Writes `s` as a JSON string literal. Runs that need no escape are copied whole: this
-/// runs twice per request on Kong, over every attribute.
-pub fn json_string(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    let mut run_start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b != b'"' && b != b'\\' && b >= 0x20 {
-            continue;
-        }
-        // Escaped bytes are ASCII, so `i` and `i + 1` are character boundaries.
-        out.push_str(s.get(run_start..i).unwrap_or_default());
-        run_start = i + 1;
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            _ => {
-                out.push_str("\\u00");
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0xf)]));
+struct AttributeObject<'a>(&'a Attributes);
+
+impl serde::Serialize for AttributeObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut object = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            match value {
+                AttrValue::Str(text) => object.serialize_entry(key, text)?,
+                AttrValue::Int(n) => object.serialize_entry(key, n)?,
             }
         }
+        object.end()
     }
-    out.push_str(s.get(run_start..).unwrap_or_default());
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -574,12 +550,12 @@ mod tests {
             ("a\"b".to_string(), s("line\nbreak\\")),
             ("n".to_string(), AttrValue::Int(-5)),
         ];
-        assert_eq!(to_json_object(&a), r#"{"a\"b":"line\u000abreak\\","n":-5}"#);
+        assert_eq!(to_json_object(&a), r#"{"a\"b":"line\nbreak\\","n":-5}"#);
         assert_eq!(to_json_object(&Vec::new()), "{}");
     }
 
     #[test]
-    fn json_string_parses_back_to_its_input() {
+    fn json_object_parses_back_to_its_attributes() {
         for input in [
             "",
             "plain",
@@ -590,10 +566,16 @@ mod tests {
             "\u{0}",
             "tail\n",
         ] {
-            let mut out = String::new();
-            json_string(input, &mut out);
-            let back: String = serde_json::from_str(&out).expect("valid JSON string");
-            assert_eq!(back, input, "{out}");
+            let attrs = vec![
+                (input.to_string(), s(input)),
+                ("n".to_string(), AttrValue::Int(i64::MIN)),
+            ];
+            let out = to_json_object(&attrs);
+            let back: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&out).expect("a JSON object");
+            assert_eq!(back.len(), 2, "{out}");
+            assert_eq!(back[input], input, "{out}");
+            assert_eq!(back["n"], i64::MIN, "{out}");
         }
     }
 

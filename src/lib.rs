@@ -13,7 +13,7 @@ pub mod config;
 pub mod consul;
 pub mod enrich;
 pub mod header_value;
-pub mod json;
+pub mod object;
 pub mod service_name;
 pub mod span;
 pub mod trace_context;

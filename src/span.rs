@@ -1,7 +1,9 @@
 //! The filter's own span, exported as OTLP/HTTP JSON (`ExportTraceServiceRequest` in the
 //! proto3 JSON mapping, with hex trace and span ids as OTLP/HTTP requires).
 
-use crate::enrich::{json_string, AttrValue, Attributes};
+use serde::Serialize;
+
+use crate::enrich::{AttrValue, Attributes};
 use crate::trace_context::hex_lower;
 
 /// One finished span of the filter.
@@ -21,70 +23,112 @@ const SPAN_KIND_CLIENT: u8 = 3;
 
 /// The export request body for a batch of spans.
 pub fn encode_export(service_name: &str, spans: &[SpanRecord]) -> String {
-    let mut out = String::with_capacity(256 + spans.len() * 768);
-    out.push_str(r#"{"resourceSpans":[{"resource":{"attributes":["#);
-    push_attr(
-        &mut out,
-        "service.name",
-        &AttrValue::Str(service_name.to_string()),
-    );
-    out.push_str(r#"]},"scopeSpans":[{"scope":{"name":"consul-enricher","version":""#);
-    out.push_str(env!("CARGO_PKG_VERSION"));
-    out.push_str(r#""},"spans":["#);
-    for (n, span) in spans.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        push_span(&mut out, span);
-    }
-    out.push_str("]}]}]}");
-    out
+    let request = ExportRequest {
+        resource_spans: [ResourceSpans {
+            resource: Resource {
+                attributes: [KeyValue {
+                    key: "service.name",
+                    value: AnyValue::String(service_name),
+                }],
+            },
+            scope_spans: [ScopeSpans {
+                scope: Scope {
+                    name: "consul-enricher",
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+                spans: spans.iter().map(Span::from).collect(),
+            }],
+        }],
+    };
+    // Cannot fail: every map key is a string and the output is memory.
+    serde_json::to_string(&request).unwrap_or_default()
 }
 
-fn push_span(out: &mut String, s: &SpanRecord) {
-    out.push_str(r#"{"traceId":""#);
-    out.push_str(&hex_lower(&s.trace_id));
-    out.push_str(r#"","spanId":""#);
-    out.push_str(&hex_lower(&s.span_id));
-    if s.parent_span_id != [0; 8] {
-        out.push_str(r#"","parentSpanId":""#);
-        out.push_str(&hex_lower(&s.parent_span_id));
-    }
-    out.push_str(r#"","name":"#);
-    json_string(&s.name, out);
-    out.push_str(r#","kind":"#);
-    out.push(char::from(b'0' + SPAN_KIND_CLIENT));
-    out.push_str(r#","startTimeUnixNano":""#);
-    out.push_str(&s.start_unix_nanos.to_string());
-    out.push_str(r#"","endTimeUnixNano":""#);
-    out.push_str(&s.end_unix_nanos.max(s.start_unix_nanos).to_string());
-    out.push_str(r#"","attributes":["#);
-    for (n, (k, v)) in s.attributes.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        push_attr(out, k, v);
-    }
-    out.push_str("]}");
+// The OTLP/JSON shape of `ExportTraceServiceRequest`, borrowing from the records. proto3's
+// JSON mapping writes 64-bit integers as decimal strings and names fields in lowerCamelCase.
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExportRequest<'a> {
+    resource_spans: [ResourceSpans<'a>; 1],
 }
 
-fn push_attr(out: &mut String, key: &str, value: &AttrValue) {
-    out.push_str(r#"{"key":"#);
-    json_string(key, out);
-    out.push_str(r#","value":{"#);
-    match value {
-        AttrValue::Str(s) => {
-            out.push_str(r#""stringValue":"#);
-            json_string(s, out);
-        }
-        // proto3 JSON encodes int64 as a decimal string.
-        AttrValue::Int(i) => {
-            out.push_str(r#""intValue":""#);
-            out.push_str(&i.to_string());
-            out.push('"');
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpans<'a> {
+    resource: Resource<'a>,
+    scope_spans: [ScopeSpans<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    attributes: [KeyValue<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ScopeSpans<'a> {
+    scope: Scope,
+    spans: Vec<Span<'a>>,
+}
+
+#[derive(Serialize)]
+struct Scope {
+    name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Span<'a> {
+    trace_id: String,
+    span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<String>,
+    name: &'a str,
+    kind: u8,
+    start_time_unix_nano: String,
+    end_time_unix_nano: String,
+    attributes: Vec<KeyValue<'a>>,
+}
+
+impl<'a> From<&'a SpanRecord> for Span<'a> {
+    fn from(s: &'a SpanRecord) -> Span<'a> {
+        Span {
+            trace_id: hex_lower(&s.trace_id),
+            span_id: hex_lower(&s.span_id),
+            parent_span_id: (s.parent_span_id != [0; 8]).then(|| hex_lower(&s.parent_span_id)),
+            name: &s.name,
+            kind: SPAN_KIND_CLIENT,
+            start_time_unix_nano: s.start_unix_nanos.to_string(),
+            end_time_unix_nano: s.end_unix_nanos.max(s.start_unix_nanos).to_string(),
+            attributes: s
+                .attributes
+                .iter()
+                .map(|(key, value)| KeyValue {
+                    key,
+                    value: match value {
+                        AttrValue::Str(text) => AnyValue::String(text),
+                        AttrValue::Int(n) => AnyValue::Int(n.to_string()),
+                    },
+                })
+                .collect(),
         }
     }
-    out.push_str("}}");
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: AnyValue<'a>,
+}
+
+/// Serialised as `{"stringValue": ...}` or `{"intValue": "..."}`.
+#[derive(Serialize)]
+enum AnyValue<'a> {
+    #[serde(rename = "stringValue")]
+    String(&'a str),
+    #[serde(rename = "intValue")]
+    Int(String),
 }
 
 /// Span ids for one VM: xorshift64* seeded from the VM's randomness and clock. Ids need to

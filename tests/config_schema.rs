@@ -1,5 +1,6 @@
-//! `kong/consul_enricher.meta.json` (Kong's admin-time validation) and the filter's own
-//! configuration parser must agree: the same example configurations go through both.
+//! `kong/consul_enricher.meta.json` (Kong's admin-time validation), the README's
+//! configuration table and the filter's configuration structs must agree: the same keys
+//! and defaults in all three, and the same example configurations accepted or refused.
 
 use consul_enricher::config::Config;
 use serde_json::Value;
@@ -83,6 +84,123 @@ fn schema_defaults_are_the_parsers_defaults() {
         }
     }
     let documented = defaults(&meta["config_schema"]).to_string();
+    assert_eq!(
+        Config::from_json(documented.as_bytes()).unwrap(),
+        Config::default(),
+        "{documented}"
+    );
+}
+
+/// The dotted path of every leaf of a JSON object (arrays are leaves: `meta_keys`).
+fn leaf_keys(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(members) => {
+            for (key, member) in members {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_keys(member, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+/// The README's configuration table: each row's dotted key and its default (JSON).
+fn readme_table() -> Vec<(String, Value)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("a Configuration section");
+    let table = section
+        .split("| Key | Default | Meaning |\n|---|---|---|\n")
+        .nth(1)
+        .expect("the configuration table");
+    table
+        .lines()
+        .take_while(|line| line.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row
+                .trim_matches('|')
+                .splitn(3, '|')
+                .map(str::trim)
+                .collect();
+            let unquote = |cell: &str| {
+                cell.strip_prefix('`')
+                    .and_then(|c| c.strip_suffix('`'))
+                    .unwrap_or_else(|| panic!("not in backticks: {row}"))
+                    .to_string()
+            };
+            let default = unquote(cells[1]);
+            let default = serde_json::from_str(&default)
+                .unwrap_or_else(|e| panic!("default of {row} is not JSON: {e}"));
+            (unquote(cells[0]), default)
+        })
+        .collect()
+}
+
+#[test]
+fn structs_schema_and_readme_list_the_same_keys() {
+    let mut fields = Vec::new();
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    leaf_keys(&defaults, "", &mut fields);
+    fields.sort();
+
+    let meta = load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/kong/consul_enricher.meta.json"
+    ));
+    fn schema_keys(schema: &Value, prefix: &str, out: &mut Vec<String>) {
+        match schema.get("properties") {
+            Some(Value::Object(props)) => {
+                for (key, prop) in props {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    schema_keys(prop, &path, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut schema = Vec::new();
+    schema_keys(&meta["config_schema"], "", &mut schema);
+    schema.sort();
+
+    let mut readme: Vec<String> = readme_table().into_iter().map(|(key, _)| key).collect();
+    readme.sort();
+
+    assert!(fields.len() > 30, "{fields:?}");
+    assert_eq!(schema, fields, "Kong schema vs the structs");
+    assert_eq!(readme, fields, "README table vs the structs");
+}
+
+#[test]
+fn readme_defaults_are_the_parsers_defaults() {
+    let mut documented = serde_json::Map::new();
+    for (key, default) in readme_table() {
+        let mut object = &mut documented;
+        let mut segments: Vec<&str> = key.split('.').collect();
+        let leaf = segments.pop().unwrap();
+        for segment in segments {
+            object = object
+                .entry(segment)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+                .as_object_mut()
+                .unwrap();
+        }
+        assert!(
+            object.insert(leaf.to_string(), default).is_none(),
+            "{key} twice"
+        );
+    }
+    let documented = Value::Object(documented).to_string();
     assert_eq!(
         Config::from_json(documented.as_bytes()).unwrap(),
         Config::default(),

@@ -298,6 +298,12 @@ impl Shared {
                         catalog.dropped
                     );
                 }
+                if catalog.invalid > 0 {
+                    log::warn!(
+                        "consul-enricher: {service}: {} entries of Consul's answer are not a usable instance; skipped",
+                        catalog.invalid
+                    );
+                }
                 let entry = Entry::from_answer(
                     catalog.instances,
                     catalog.index,

@@ -46,6 +46,29 @@ CATALOG = [
 ]
 
 
+def health_entry(i):
+    """A catalog entry as /v1/health/service/<name> nests it."""
+    return {
+        "Node": {
+            "Node": i["Node"],
+            "Address": i["Address"],
+            "Datacenter": i["Datacenter"],
+            "Meta": i["NodeMeta"],
+            "TaggedAddresses": {"lan": i["Address"]},
+        },
+        "Service": {
+            "ID": i["ServiceID"],
+            "Service": i["ServiceName"],
+            "Tags": i["ServiceTags"],
+            "Address": i["ServiceAddress"],
+            "Port": i["ServicePort"],
+            "Meta": i["ServiceMeta"],
+            "ModifyIndex": i["ModifyIndex"],
+        },
+        "Checks": [{"CheckID": "serfHealth", "Status": "passing", "ServiceTags": []}],
+    }
+
+
 def varint(v):
     out = bytearray()
     while v >= 0x80:
@@ -103,16 +126,25 @@ def seeds():
         ),
         "encoded": fields("k=v%2C%20w,other=%E6%9D%B1", "key", "50%"),
     }
-    yield "json", {
-        "catalog": catalog,
-        "escapes": rb'{"a":"\u00e9\ud83d\ude80\n\"","b":[-0.5e+10,0,true,false,null],"c":{}}',
-        "nested": b"[" * 33 + b"]" * 33,
-    }
     yield "consul_catalog", {
         "two-instances": catalog,
         "empty": b"[]",
         "nulls": json.dumps([{"Node": None, "ServicePort": None, "ServiceMeta": None}]).encode(),
         "wrong-type": json.dumps([{"ServicePort": "8080"}]).encode(),
+        "mixed": json.dumps(
+            [
+                CATALOG[0],
+                7,
+                {"ServiceMeta": {"version": "2", "weight": 5}, "ServiceTags": ["a", None, 1]},
+                {"ServiceProxy": {"Config": {"deep": [[[{"x": [1.5, -2, True]}]]]}}},
+            ]
+        ).encode(),
+    }
+    yield "consul_health", {
+        "two-instances": json.dumps([health_entry(i) for i in CATALOG], indent=1).encode(),
+        "empty": b"[]",
+        "nulls": json.dumps([{"Node": None, "Service": {"Meta": None, "Tags": None}, "Checks": None}]).encode(),
+        "wrong-type": json.dumps([{"Node": [], "Service": {"Port": "8080"}}]).encode(),
     }
     yield "config", {f"example-{n}": json.dumps(c).encode() for n, c in enumerate(configs)}
     yield "cache_entry", {
