@@ -22,6 +22,19 @@ const MAX_META_ATTRIBUTES: usize = 32;
 pub enum AttrValue {
     Str(String),
     Int(i64),
+    /// A string array (OpenTelemetry's `consul.service.tags`-like lists).
+    List(Vec<String>),
+}
+
+impl AttrValue {
+    /// The value as text, a list joined by `,` (for hosts whose tags are strings).
+    pub fn to_text(&self) -> String {
+        match self {
+            AttrValue::Str(text) => text.clone(),
+            AttrValue::Int(n) => n.to_string(),
+            AttrValue::List(items) => items.join(","),
+        }
+    }
 }
 
 /// Span attributes in the order they were added.
@@ -235,7 +248,12 @@ pub fn for_instance(instance: Option<&Instance>, peer: Option<&Peer>) -> Attribu
     str_attr(&mut attrs, "consul.node", &i.node);
     str_attr(&mut attrs, "consul.datacenter", &i.datacenter);
     if !i.tags.is_empty() {
-        str_attr(&mut attrs, "consul.service.tags", &i.tags.join(","));
+        let tags: Vec<String> = i
+            .tags
+            .iter()
+            .filter_map(|t| clean_text(t, MAX_VALUE_LEN).map(|t| t.into_owned()))
+            .collect();
+        attrs.push(("consul.service.tags".to_string(), AttrValue::List(tags)));
     }
     for (k, v) in i.meta.iter().take(MAX_META_ATTRIBUTES) {
         if let Some(name) = attribute_key(k) {
@@ -291,6 +309,7 @@ impl serde::Serialize for AttributeObject<'_> {
             match value {
                 AttrValue::Str(text) => object.serialize_entry(key, text)?,
                 AttrValue::Int(n) => object.serialize_entry(key, n)?,
+                AttrValue::List(items) => object.serialize_entry(key, items)?,
             }
         }
         object.end()
@@ -516,7 +535,10 @@ mod tests {
         assert_eq!(attr(&a, "consul.service.id"), Some(&s("b")));
         assert_eq!(attr(&a, "consul.node"), Some(&s("node-b")));
         assert_eq!(attr(&a, "consul.datacenter"), Some(&s("dc1")));
-        assert_eq!(attr(&a, "consul.service.tags"), Some(&s("http,blue")));
+        assert_eq!(
+            attr(&a, "consul.service.tags"),
+            Some(&AttrValue::List(vec!["http".into(), "blue".into()]))
+        );
         assert_eq!(attr(&a, "consul.service.meta.version"), Some(&s("2.0")));
         assert_eq!(attr(&a, "consul.service.meta.region"), Some(&s("us")));
         let unmatched = for_instance(None, peer("10.1.1.1:1").as_ref());

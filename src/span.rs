@@ -109,6 +109,9 @@ impl<'a> From<&'a SpanRecord> for Span<'a> {
                     value: match value {
                         AttrValue::Str(text) => AnyValue::String(text),
                         AttrValue::Int(n) => AnyValue::Int(n.to_string()),
+                        AttrValue::List(items) => AnyValue::Array(ArrayValue {
+                            values: items.iter().map(|i| AnyValue::String(i)).collect(),
+                        }),
                     },
                 })
                 .collect(),
@@ -122,13 +125,21 @@ struct KeyValue<'a> {
     value: AnyValue<'a>,
 }
 
-/// Serialised as `{"stringValue": ...}` or `{"intValue": "..."}`.
+/// Serialised as `{"stringValue": ...}`, `{"intValue": "..."}` or
+/// `{"arrayValue": {"values": [...]}}` (OTLP/JSON `AnyValue`).
 #[derive(Serialize)]
 enum AnyValue<'a> {
     #[serde(rename = "stringValue")]
     String(&'a str),
     #[serde(rename = "intValue")]
     Int(String),
+    #[serde(rename = "arrayValue")]
+    Array(ArrayValue<'a>),
+}
+
+#[derive(Serialize)]
+struct ArrayValue<'a> {
+    values: Vec<AnyValue<'a>>,
 }
 
 /// Span ids for one VM: xorshift64* seeded from the VM's randomness and clock. Ids need to

@@ -265,6 +265,22 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Statu
     })
 }
 
+/// Removes a shared-data key (a null value is a delete for ngx_wasm_module,
+/// `ngx_proxy_wasm_hfuncs_set_shared_data`); Envoy keeps the key with an empty value, which
+/// the filter reads as absent.
+pub fn shared_delete(key: &str, cas: Option<u32>) -> Result<(), Status> {
+    // SAFETY: `key` outlives the call; a null value with length 0 is the ABI's "no value".
+    status(unsafe {
+        abi::proxy_set_shared_data(
+            key.as_ptr(),
+            key.len(),
+            std::ptr::null(),
+            0,
+            cas.unwrap_or(0),
+        )
+    })
+}
+
 /// The one SDK wrapper the filter uses: the SDK must record which context made a call to
 /// route its answer back (`dispatcher::register_callout`), and only its wrapper does that.
 /// It panics on statuses other than Ok, BadArgument and InternalFailure, and neither host

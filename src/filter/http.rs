@@ -42,6 +42,20 @@ fn log_invalid(shared: &Shared, what: &str, why: &str) {
     }
 }
 
+/// Envoy: the serving instance's attributes as filter state, one property per attribute
+/// (`wasm.consul_enricher.<attribute>`: Envoy keeps a property set by a Wasm filter under
+/// `wasm.` + its path, `Context::setProperty` in source/extensions/common/wasm/context.cc),
+/// which `envoy.yaml`'s custom tags read with `%FILTER_STATE(...:PLAIN)%` when the span is
+/// finalised, after the response.
+fn set_filter_state(attributes: &enrich::Attributes) {
+    for (name, value) in attributes {
+        let path = concat("consul_enricher.", name);
+        if let Err(status) = host::set_property(&[&path], value.to_text().as_bytes()) {
+            log::debug!("consul-enricher: cannot set filter state {path}: {status:?}");
+        }
+    }
+}
+
 /// The upstream peer of this request, as each host reports it (see [`enrich::Peer`]).
 fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
     let address = host::property(&["upstream", "address"])?;
@@ -52,10 +66,6 @@ fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
         }
         HostKind::Envoy => enrich::Peer::parse(&address, None),
     }
-}
-
-fn request_header(name: &str) -> Option<String> {
-    host::header(MapType::HttpRequestHeaders, name)
 }
 
 impl Context for Http {
@@ -70,19 +80,30 @@ impl Context for Http {
 struct Incoming {
     traceparents: Vec<String>,
     baggage_lines: Vec<String>,
+    /// The authority the client asked for: `:authority` on Envoy; on ngx_wasm_module
+    /// `:authority` is built from the server block, the client's is the `host` header.
+    client_authority: Option<String>,
     /// Headers under the filter's prefix: only the filter may write those.
     forged: Vec<String>,
 }
 
 impl Incoming {
-    fn read(prefix: &str) -> Incoming {
+    fn read(config: &Config) -> Incoming {
+        let prefix = &config.headers.prefix;
+        let authority_header = match config.host {
+            HostKind::Kong => "host",
+            HostKind::Envoy => ":authority",
+        };
         let mut incoming = Incoming {
             traceparents: Vec::new(),
             baggage_lines: Vec::new(),
+            client_authority: None,
             forged: Vec::new(),
         };
         for (name, value) in host::request_headers() {
-            if name.eq_ignore_ascii_case("traceparent") {
+            if name.eq_ignore_ascii_case(authority_header) {
+                incoming.client_authority = Some(value);
+            } else if name.eq_ignore_ascii_case("traceparent") {
                 incoming.traceparents.push(value);
             } else if name.eq_ignore_ascii_case("baggage") {
                 incoming.baggage_lines.push(value);
@@ -110,22 +131,30 @@ fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
 const BAGGAGE_NAMESPACE: &str = "consul.";
 
 /// Removes what only the filter may write (headers under its prefix, baggage members in
-/// its namespace) and returns the caller's baggage as one list: every `baggage` line of
-/// the request, joined, as the W3C spec reads them. The baggage is `None` when it is
-/// malformed; it then passes on untouched but for the removed members.
+/// its namespace; unless `strip_incoming` is off, for a gateway behind a trusted one) and
+/// returns the caller's baggage as one list: every `baggage` line of the request, joined,
+/// as the W3C spec reads them. The baggage is `None` when it is malformed; it then passes
+/// on untouched but for the removed members.
 fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
-    for name in &incoming.forged {
-        host::remove_header(MapType::HttpRequestHeaders, name);
+    let strip = shared.config.strip_incoming;
+    if strip {
+        for name in &incoming.forged {
+            host::remove_header(MapType::HttpRequestHeaders, name);
+        }
     }
     let joined = incoming.baggage_lines.join(",");
-    let (kept, removed) = strip_members(&joined, BAGGAGE_NAMESPACE);
+    let (kept, removed) = if strip {
+        strip_members(&joined, BAGGAGE_NAMESPACE)
+    } else {
+        (joined, 0)
+    };
     if removed > 0 || incoming.baggage_lines.len() > 1 {
         host::remove_header(MapType::HttpRequestHeaders, "baggage");
         if !kept.is_empty() {
             host::set_header(MapType::HttpRequestHeaders, "baggage", &kept);
         }
     }
-    let stripped = incoming.forged.len() + removed;
+    let stripped = if strip { incoming.forged.len() } else { 0 } + removed;
     if stripped > 0 {
         shared.metrics.count(Counter::Stripped, stripped as u64);
     }
@@ -173,28 +202,47 @@ fn start_span(shared: &Shared, trace: Option<&TraceParent>) -> Option<[u8; 8]> {
     Some(id)
 }
 
+/// The host of the Kong service the route proxies to, as the operator configured it:
+/// Kong's Lua answers `kong.router.service` with the service entity as JSON
+/// (`kong/runloop/wasm.lua`, Kong 3.6+). An nginx without Kong's Lua (no `kong.version`
+/// either) answers NotFound; there `ngx.upstream_host` (the variable Kong's template
+/// declares, set by the operator) is read instead. With Kong it is never read: with
+/// `preserve_host` Kong sets it to the client's `Host`.
+fn kong_service_host() -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct KongService {
+        host: Option<String>,
+    }
+    match host::property(&["kong", "router", "service"]) {
+        Some(json) => serde_json::from_slice::<KongService>(json.as_bytes()).ok()?.host,
+        None if host::property(&["kong", "version"]).is_none() => {
+            host::property(&["ngx", "upstream_host"])
+        }
+        None => None,
+    }
+}
+
 /// The Consul service (and datacenter) of this request, from the sources the
-/// configuration names.
-fn resolve_target(config: &Config) -> Option<ServiceTarget> {
+/// configuration names; the client's authority only with `service.from_authority`.
+fn resolve_target(config: &Config, incoming: &Incoming) -> Option<ServiceTarget> {
     let upstream_host = match config.host {
-        HostKind::Kong if config.service.from_host => host::property(&["ngx", "upstream_host"]),
+        HostKind::Kong if config.service.from_host && config.service.name.is_empty() => {
+            kong_service_host()
+        }
         _ => None,
     };
     let cluster = match config.host {
-        HostKind::Envoy if config.service.from_cluster => host::property(&["xds", "cluster_name"]),
+        HostKind::Envoy if config.service.from_cluster && config.service.name.is_empty() => {
+            host::property(&["xds", "cluster_name"])
+        }
         _ => None,
-    };
-    let authority = if config.service.from_host {
-        request_header(":authority")
-    } else {
-        None
     };
     resolve(
         &config.service,
         NameSources {
             upstream_host: upstream_host.as_deref(),
-            authority: authority.as_deref(),
             cluster: cluster.as_deref(),
+            authority: incoming.client_authority.as_deref(),
         },
     )
 }
@@ -208,7 +256,7 @@ impl HttpContext for Http {
         shared.metrics.count(Counter::Requests, 1);
         let start_nanos = host::now_nanos();
 
-        let incoming = Incoming::read(&config.headers.prefix);
+        let incoming = Incoming::read(config);
         let baggage = strip_incoming(&shared, &incoming);
         let trace = read_trace(&shared, &incoming.traceparents);
         let baggage_attributes = baggage
@@ -216,8 +264,11 @@ impl HttpContext for Http {
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
         let span_id = start_span(&shared, trace.as_ref());
-        let target = resolve_target(config);
-        let name = target.as_ref().map(|t| t.name.clone());
+        let target = resolve_target(config, &incoming).map(|t| {
+            let id = t.cache_id(&config.consul.datacenter);
+            (t, id)
+        });
+        let wanted = target.clone();
         shared.state.borrow_mut().requests.insert(
             self.id,
             RequestState {
@@ -233,7 +284,7 @@ impl HttpContext for Http {
                 service: None,
             },
         );
-        let Some(name) = name else {
+        let Some((target, id)) = wanted else {
             log::debug!("consul-enricher: no Consul service for this request");
             if config.headers.request {
                 let lookup = concat(&config.headers.prefix, "lookup");
@@ -243,34 +294,18 @@ impl HttpContext for Http {
         };
 
         let now = start_nanos / 1_000_000;
-        let entry = shared.entry_for_request(&name, now);
+        let entry = shared.entry_for_request(&id, now);
         let lookup = decide(entry.as_deref(), now);
-        match lookup {
-            Lookup::Miss => {
-                let target = shared
-                    .state
-                    .borrow()
-                    .requests
-                    .get(&self.id)
-                    .and_then(|r| r.target.clone());
-                if let Some(target) = target {
-                    if let MissOutcome::Paused = shared.wait_for_lookup(self.id, &target) {
-                        return Action::Pause;
-                    }
-                }
-                shared.apply(self.id, shared.read_entry(&name), Lookup::Backoff, now);
+        if lookup == Lookup::Miss {
+            let known = entry.is_some();
+            if let MissOutcome::Paused = shared.wait_for_lookup(self.id, &target, &id, known) {
+                return Action::Pause;
             }
-            Lookup::Stale { refresh } => {
-                if refresh {
-                    let mut state = shared.state.borrow_mut();
-                    if !state.refresh_wanted.contains(&name) {
-                        state.refresh_wanted.push(name);
-                    }
-                }
-                shared.apply(self.id, entry, lookup, now);
-            }
-            _ => shared.apply(self.id, entry, lookup, now),
+            shared.apply(self.id, shared.read_entry(&id), Lookup::Backoff, now);
+            return Action::Continue;
         }
+        shared.note_use(&target, &id, lookup, now);
+        shared.apply(self.id, entry, lookup, now);
         Action::Continue
     }
 
@@ -304,6 +339,9 @@ impl HttpContext for Http {
             }
         }
         let instance_attrs = enrich::for_instance(instance, peer.as_ref());
+        if config.host == HostKind::Envoy {
+            set_filter_state(&instance_attrs);
+        }
         enrich::merge(&mut req.attributes, instance_attrs);
         if config.host == HostKind::Kong && config.kong_ctx_shared {
             shared.write_kong_ctx(&req.attributes);

@@ -45,11 +45,12 @@ pub enum Counter {
     InvalidTraceparent,
     InvalidBaggage,
     Stripped,
+    ServicesCapped,
     SpansExported,
     SpansDropped,
 }
 
-const COUNTER_NAMES: [(Counter, &str); 14] = [
+const COUNTER_NAMES: [(Counter, &str); 15] = [
     (Counter::Requests, "consul_enricher_requests_total"),
     (Counter::Enriched, "consul_enricher_enriched_total"),
     (Counter::CacheHits, "consul_enricher_cache_hits_total"),
@@ -74,6 +75,10 @@ const COUNTER_NAMES: [(Counter, &str); 14] = [
         "consul_enricher_invalid_baggage_total",
     ),
     (Counter::Stripped, "consul_enricher_stripped_total"),
+    (
+        Counter::ServicesCapped,
+        "consul_enricher_services_capped_total",
+    ),
     (
         Counter::SpansExported,
         "consul_enricher_spans_exported_total",
@@ -116,7 +121,8 @@ impl Metrics {
 
 /// What the filter knows about one request between its callbacks.
 pub struct RequestState {
-    pub target: Option<ServiceTarget>,
+    /// The Consul service of this request and its cache id (`ServiceTarget::cache_id`).
+    pub target: Option<(ServiceTarget, String)>,
     pub trace: Option<TraceParent>,
     /// Our span id when this request is traced by the filter's own span.
     pub span_id: Option<[u8; 8]>,
@@ -149,20 +155,22 @@ pub struct Pending {
 
 /// Why a dispatched call was made.
 pub enum Call {
-    Catalog {
-        service: String,
+    Lookup {
+        id: String,
         sent_ms: u64,
         /// The request waiting on this call alone (Kong), if any.
         waiter: Option<u32>,
         /// Whether this worker took the service's lease for this call.
         leased: bool,
+        /// A blocking query (`consul.watch`) from this index.
+        watch_from: Option<u64>,
     },
     SpanExport {
         spans: u64,
     },
 }
 
-/// The decoded entry of a service with the shared-data CAS it was read at, so that an
+/// The decoded entry of a service (by cache id) with the shared-data CAS it was read at, so that an
 /// unchanged value is not decoded again, and its service-level enrichment, so that it is
 /// not computed again for every request (with the lookup label it was computed for).
 pub struct Memo {
@@ -175,10 +183,15 @@ pub struct Memo {
 
 pub struct WorkerState {
     pub requests: HashMap<u32, RequestState>,
+    /// By cache id.
     pub pending: HashMap<String, Pending>,
     pub calls: HashMap<u32, Call>,
-    /// Services seen stale since the last tick (few; kept without duplicates).
-    pub refresh_wanted: Vec<String>,
+    /// Services to refresh or watch from the next tick, by cache id (kept without
+    /// duplicates), with the time this worker last served a request for them.
+    pub refresh_wanted: HashMap<String, (ServiceTarget, u64)>,
+    /// Entries of services unknown to Consul this worker stored, with their expiry: the
+    /// tick removes them from shared data once expired, so invented names cannot fill it.
+    pub negative_written: VecDeque<(String, u64)>,
     pub memo: HashMap<String, Memo>,
     pub spans: VecDeque<SpanRecord>,
     pub span_ids: SpanIds,

@@ -26,13 +26,20 @@ impl Root {
     }
 }
 
-/// An invalid configuration. ngx_wasm_module makes every worker exit when
-/// `on_configure` fails while the master stays up, so every request hangs (seen on the
-/// engine Kong 3.9 ships); Kong also validates the configuration against
-/// `consul_enricher.meta.json` when it is set. So the filter stays loaded and passes every
-/// request through untouched, and says why at the error level.
-fn log_pass_through(why: &str) {
-    log::error!("consul-enricher: invalid configuration, passing every request through: {why}");
+/// An invalid configuration. Envoy refuses a filter whose `on_configure` fails and keeps
+/// the configuration it runs (a listener update is rejected), which is what an Envoy
+/// operator expects. ngx_wasm_module instead makes every worker exit while the master stays
+/// up, so every request hangs (seen on the engine Kong 3.9 ships); Kong also validates the
+/// configuration against `consul_enricher.meta.json` when it is set. So unless the
+/// configuration says `"host": "envoy"`, the filter stays loaded and passes every request
+/// through untouched, and says why at the error level.
+fn pass_through_unless_envoy(bytes: &[u8], why: &str) -> bool {
+    if Config::declared_host(bytes) == Some(crate::config::HostKind::Envoy) {
+        log::error!("consul-enricher: {why}");
+        return false;
+    }
+    log::error!("consul-enricher: passing every request through: {why}");
+    true
 }
 
 impl Context for Root {
@@ -49,9 +56,8 @@ impl RootContext for Root {
         let config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                log_pass_through(&e.to_string());
                 self.shared = None;
-                return true;
+                return pass_through_unless_envoy(&bytes, &e.to_string());
             }
         };
         let seed = host::random_u64() ^ host::now_nanos();
@@ -63,7 +69,8 @@ impl RootContext for Root {
                 requests: HashMap::new(),
                 pending: HashMap::new(),
                 calls: HashMap::new(),
-                refresh_wanted: Vec::new(),
+                refresh_wanted: HashMap::new(),
+                negative_written: VecDeque::new(),
                 memo: HashMap::new(),
                 spans: VecDeque::new(),
                 span_ids: SpanIds::new(seed),
@@ -92,7 +99,8 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.poll_pending(self.id);
-            shared.refresh_stale();
+            shared.refresh_wanted();
+            shared.remove_expired_unknowns();
             shared.flush_spans();
             shared.metrics.flush();
         }

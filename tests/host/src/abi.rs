@@ -630,7 +630,12 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32, cas: i32| -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
             let value = read_bytes(&mut c, value_ptr, value_len)?;
-            let written = c.data().shared.shared_data().set(&key, &value, cas as u32);
+            let shared = &c.data().shared;
+            let written = if value_ptr == 0 && shared.flavour == Flavour::Kong {
+                shared.shared_data().delete(&key, cas as u32)
+            } else {
+                shared.shared_data().set(&key, &value, cas as u32)
+            };
             match written {
                 Ok(()) => Ok(OK),
                 Err(SharedDataError::CasMismatch) => Ok(CAS_MISMATCH),

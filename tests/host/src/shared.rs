@@ -78,6 +78,20 @@ impl SharedData {
         Ok(())
     }
 
+    /// ngx_wasm_module deletes a key set with a null value (`ngx_proxy_wasm_hfuncs_
+    /// set_shared_data`, ngx_proxy_wasm_host.c); Envoy's ABI has no delete and keeps an
+    /// empty value.
+    pub(crate) fn delete(&mut self, key: &str, cas: u32) -> Result<(), SharedDataError> {
+        self.check_zone(key)?;
+        if let Some(existing) = self.entries.get(key) {
+            if cas != 0 && cas != existing.cas {
+                return Err(SharedDataError::CasMismatch);
+            }
+        }
+        self.entries.remove(key);
+        Ok(())
+    }
+
     pub(crate) fn snapshot(&self, key: &str) -> Option<SharedEntry> {
         self.entries.get(key).cloned()
     }

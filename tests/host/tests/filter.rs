@@ -61,7 +61,11 @@ fn echo_request(flavour: Flavour) -> RequestSpec {
     let spec = RequestSpec::get("echo.service.consul", "/echo").header("traceparent", TRACEPARENT);
     match flavour {
         Flavour::Kong => spec
-            .property("ngx.upstream_host", "echo.service.consul")
+            .property(
+                "kong.router.service",
+                r#"{"id":"5a1f0c3e-0000-4000-8000-000000000001","name":"echo","host":"echo.service.consul","port":8080,"protocol":"http"}"#,
+            )
+            .property("kong.version", "3.9.1")
             .property("kong.service_id", "5a1f0c3e-0000-4000-8000-000000000001")
             .property("kong.route_id", "5a1f0c3e-0000-4000-8000-000000000002"),
         Flavour::Envoy => spec.property("xds.cluster_name", "echo"),
@@ -453,27 +457,38 @@ fn a_wrong_acl_token_fails_open() {
 }
 
 #[test]
-fn invalid_config_passes_every_request_through_naming_the_key() {
-    for flavour in Flavour::ALL {
-        let consul = consul_with_echo(ConsulOptions::default());
-        let extra = json!({"consul": {"timout_ms": 5}});
-        let mut gw = gateway(flavour, 2, &consul.addr().to_string(), extra);
-        let errors = gw.host.logs_containing("consul.timout_ms");
-        assert_eq!(errors.len(), 2, "{flavour:?}: once per worker: {errors:?}");
-        assert!(errors.iter().all(|l| l.level == LogLevel::Error));
-        for worker in [0, 1] {
-            let spec = echo_request(flavour).header("x-other", "kept");
-            let sent = spec.headers.clone();
-            let request = gw.send_on(worker, spec);
-            let record = gw.host.record(request).cloned().unwrap();
-            assert_eq!(record.phase, Phase::Forwarded, "{flavour:?}: not paused");
-            assert_eq!(record.upstream_header("x-consul-service"), None);
-            assert_eq!(record.upstream_header("x-other"), Some("kept"));
-            assert_eq!(record.upstream_header("traceparent"), Some(TRACEPARENT));
-            assert!(sent.len() <= record.upstream_headers.unwrap().len());
-        }
-        assert_eq!(consul.requests(CATALOG), 0);
-        gw.assert_no_traps();
+fn invalid_config_on_kong_passes_every_request_through_naming_the_key() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let extra = json!({"consul": {"timout_ms": 5}});
+    let mut gw = gateway(Flavour::Kong, 2, &consul.addr().to_string(), extra);
+    let errors = gw.host.logs_containing("consul.timout_ms");
+    assert_eq!(errors.len(), 2, "once per worker: {errors:?}");
+    assert!(errors.iter().all(|l| l.level == LogLevel::Error));
+    for worker in [0, 1] {
+        let spec = echo_request(Flavour::Kong).header("x-other", "kept");
+        let request = gw.send_on(worker, spec);
+        let record = gw.host.record(request).cloned().unwrap();
+        assert_eq!(record.phase, Phase::Forwarded, "not paused");
+        assert_eq!(record.upstream_header("x-consul-service"), None);
+        assert_eq!(record.upstream_header("x-other"), Some("kept"));
+        assert_eq!(record.upstream_header("traceparent"), Some(TRACEPARENT));
+    }
+    assert_eq!(consul.requests(CATALOG), 0);
+    gw.assert_no_traps();
+}
+
+#[test]
+fn invalid_config_on_envoy_is_refused_naming_the_key() {
+    let extra = json!({"consul": {"timout_ms": 5}});
+    match Host::new(host_options(Flavour::Envoy, 1, "127.0.0.1:8500", extra)) {
+        Err(test_host::HostError::ConfigRefused { logs, .. }) => assert!(
+            logs.iter().any(|l| l.message.contains("consul.timout_ms")),
+            "{logs:?}"
+        ),
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.err().map(|e| e.to_string())
+        ),
     }
 }
 
@@ -488,7 +503,11 @@ fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
         flavour: Flavour::Kong,
     };
     for _ in 0..3 {
-        let request = gw.send(echo_request(Flavour::Kong));
+        // Without Kong's Lua, the operator sets `$upstream_host` (`ngx.upstream_host`).
+        let spec = RequestSpec::get("kong", "/echo")
+            .header("traceparent", TRACEPARENT)
+            .property("ngx.upstream_host", "echo.service.consul");
+        let request = gw.send(spec);
         let record = gw.forwarded(request);
         assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
         gw.host
@@ -880,6 +899,191 @@ fn consul_text_is_encoded_once_and_attributes_carry_it_decoded() {
             assert_eq!(attributes["network.peer.address"], "2001:db8::1");
             assert_eq!(attributes["server.port"], 5000);
         }
+        gw.assert_no_traps();
+    }
+}
+
+/// The request of `echo_request` with the client's authority set to `authority`.
+fn with_client_authority(flavour: Flavour, authority: &str) -> RequestSpec {
+    let mut spec = echo_request(flavour);
+    spec.headers.retain(|(n, _)| n != ":authority");
+    spec.headers.push((":authority".into(), authority.into()));
+    spec
+}
+
+#[test]
+fn the_client_cannot_choose_the_service() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        consul.register(
+            Instance::new("billing", "billing-1")
+                .address("127.0.0.9")
+                .port(9009),
+        );
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let request = gw.send(with_client_authority(flavour, "billing.service.consul"));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-service"),
+            Some("echo"),
+            "{flavour:?}"
+        );
+        let unrouted = RequestSpec::get("billing.service.consul", "/billing");
+        let request = gw.send(unrouted);
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-lookup"),
+            Some("none"),
+            "{flavour:?}"
+        );
+        assert_eq!(consul.requests("/v1/catalog/service/billing"), 0);
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn the_clients_authority_names_the_service_only_when_configured() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"service": {"from_authority": true}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(RequestSpec::get("echo.service.consul", "/any"));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-service"),
+            Some("echo"),
+            "{flavour:?}"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn kong_without_its_lua_reads_the_upstream_host_variable() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    let spec = RequestSpec::get("client.example", "/echo")
+        .property("ngx.upstream_host", "echo.service.consul");
+    let request = gw.send(spec);
+    let record = gw.forwarded(request);
+    assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+    // With Kong's Lua present, the variable (the client's Host under preserve_host) is not
+    // a source.
+    let spec = RequestSpec::get("client.example", "/echo")
+        .property("kong.version", "3.9.1")
+        .property("ngx.upstream_host", "echo.service.consul");
+    let request = gw.send(spec);
+    let record = gw.forwarded(request);
+    assert_eq!(record.upstream_header("x-consul-lookup"), Some("none"));
+    gw.assert_no_traps();
+}
+
+fn routed_to(flavour: Flavour, host: &str) -> RequestSpec {
+    let spec = RequestSpec::get("gateway.example", "/echo").header("traceparent", TRACEPARENT);
+    match flavour {
+        Flavour::Kong => spec
+            .property("kong.router.service", &format!(r#"{{"host":"{host}"}}"#))
+            .property("kong.version", "3.9.1"),
+        Flavour::Envoy => spec.property("xds.cluster_name", host),
+    }
+}
+
+#[test]
+fn the_cache_keeps_datacenters_apart() {
+    for flavour in Flavour::ALL {
+        let options = ConsulOptions {
+            other_datacenters: vec!["dc2".into()],
+            ..ConsulOptions::default()
+        };
+        let consul = consul_with_echo(options);
+        consul.register(
+            Instance::new("echo", "echo-dc2")
+                .datacenter("dc2")
+                .address("127.0.0.3")
+                .port(9003)
+                .meta("version", "2.0.0"),
+        );
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let dc2 = gw.send(routed_to(flavour, "echo.service.dc2.consul"));
+        let record = gw.forwarded(dc2);
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("2.0.0")
+        );
+        for host in ["echo.service.consul", "echo.service.dc1.consul"] {
+            let request = gw.send(routed_to(flavour, host));
+            let record = gw.forwarded(request);
+            assert_eq!(
+                record.upstream_header("x-consul-meta-version"),
+                Some("1.2.0,1.3.0"),
+                "{flavour:?} {host}"
+            );
+        }
+        assert_eq!(
+            consul.requests(CATALOG),
+            3,
+            "{flavour:?}: one lookup per datacenter"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn invented_names_cannot_fill_shared_data() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({
+            "service": {"from_authority": true, "from_host": false, "from_cluster": false},
+            "cache": {"max_services": 3, "negative_ttl_s": 1},
+        });
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        for i in 0..6 {
+            let request = gw.send(RequestSpec::get(
+                &format!("made-up-{i}.service.consul"),
+                "/",
+            ));
+            gw.forwarded(request);
+        }
+        assert_eq!(consul.request_log().len(), 3, "{flavour:?}: the cap held");
+        assert_eq!(gw.metric("services_capped"), 3, "{flavour:?}");
+        let entries = |gw: &Gateway| {
+            gw.host
+                .shared_data_keys()
+                .into_iter()
+                .filter(|k| k.contains("/svc:"))
+                .filter(|k| gw.host.shared_data(k).is_some_and(|e| !e.value.is_empty()))
+                .count()
+        };
+        assert_eq!(entries(&gw), 3, "{flavour:?}");
+        std::thread::sleep(Duration::from_millis(1_100));
+        gw.host.tick_all().unwrap();
+        assert_eq!(entries(&gw), 0, "{flavour:?}: expired unknowns are removed");
+        let request = gw.send(RequestSpec::get("made-up-9.service.consul", "/"));
+        gw.forwarded(request);
+        assert_eq!(
+            consul.request_log().len(),
+            4,
+            "{flavour:?}: places were given back"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn stripping_can_be_turned_off_behind_a_trusted_gateway() {
+    for flavour in Flavour::ALL {
+        let extra = json!({"strip_incoming": false});
+        let mut gw = gateway(flavour, 1, &closed_port_addr().to_string(), extra);
+        let request = gw.send(forged(echo_request(flavour)));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("evil")
+        );
+        assert!(record
+            .upstream_header("baggage")
+            .unwrap()
+            .contains("consul.service=admin"));
         gw.assert_no_traps();
     }
 }
