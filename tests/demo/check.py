@@ -11,7 +11,8 @@
 - that the three files agree with each other (mounts, DNS, shm_kv zone, clusters,
   instance addresses);
 - the Kong companion plugin's unit test (LuaJIT with lua-cjson, as in Kong);
-- the web page: `npm ci && npm run build` and its unit test.
+- the web page: `npm ci` without a warning (engines included), one version of each
+  @opentelemetry package, `npm run build` and its unit test.
 
 Prints one line per check and exits non-zero if any failed.
 Usage: python tests/demo/check.py [--skip-web]
@@ -290,11 +291,36 @@ def check_companion(report):
     run(report, "Kong companion plugin unit test (LuaJIT)", ["luajit", "tests/demo/companion_test.lua"], ROOT)
 
 
+def opentelemetry_copies(node_modules):
+    """{package: {versions}} of every @opentelemetry package installed, nested copies too."""
+    copies = {}
+    for manifest in node_modules.glob("**/node_modules/@opentelemetry/*/package.json"):
+        data = json.loads(manifest.read_text())
+        copies.setdefault(data["name"], set()).add(data["version"])
+    for manifest in node_modules.glob("@opentelemetry/*/package.json"):
+        data = json.loads(manifest.read_text())
+        copies.setdefault(data["name"], set()).add(data["version"])
+    return copies
+
+
 def check_web(report):
     web = ROOT / "web"
-    if run(report, "web: npm ci", ["npm", "ci", "--no-audit", "--no-fund"], web) and run(
-        report, "web: npm run build", ["npm", "run", "build"], web
-    ):
+    print("---- web: npm ci --no-audit --no-fund", flush=True)
+    installed = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=web, capture_output=True, text=True
+    )
+    sys.stdout.write(installed.stdout)
+    sys.stderr.write(installed.stderr)
+    report.check("web: npm ci", installed.returncode == 0, f"exit status {installed.returncode}")
+    warnings = [line for line in (installed.stdout + installed.stderr).splitlines() if line.startswith("npm warn")]
+    report.check("web: npm ci warns of nothing (engines included)", not warnings, "; ".join(warnings[:3]))
+    if installed.returncode != 0:
+        return
+    duplicated = {
+        name: sorted(versions) for name, versions in opentelemetry_copies(web / "node_modules").items() if len(versions) > 1
+    }
+    report.check("web: one version of each OpenTelemetry package", not duplicated, f"{duplicated}")
+    if run(report, "web: npm run build", ["npm", "run", "build"], web):
         bundle = web / "dist" / "app.js"
         report.check("web/dist/app.js is built", bundle.is_file() and bundle.stat().st_size > 0)
         html = (web / "dist" / "index.html").read_text()
