@@ -265,6 +265,23 @@ pub fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Statu
     })
 }
 
+/// Stores `value` under `key` whatever is there: with the CAS of the value read just
+/// before, retried on a mismatch. ngx_wasm_module writes only when the CAS equals the
+/// stored one, 0 meaning "only if absent" (`ngx_wa_shm_kv_set_locked`,
+/// src/common/shm/ngx_wa_shm_kv.c); Envoy also takes 0 as "unconditionally", so passing
+/// the current CAS is right on both.
+pub fn shared_store(key: &str, value: &[u8]) -> Result<(), Status> {
+    let mut result = Err(Status::CasMismatch);
+    for _ in 0..3 {
+        let (_, cas) = shared_get(key)?;
+        result = shared_set(key, value, cas);
+        if result != Err(Status::CasMismatch) {
+            break;
+        }
+    }
+    result
+}
+
 /// Removes a shared-data key (a null value is a delete for ngx_wasm_module,
 /// `ngx_proxy_wasm_hfuncs_set_shared_data`); Envoy keeps the key with an empty value, which
 /// the filter reads as absent.

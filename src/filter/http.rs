@@ -127,6 +127,19 @@ fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
+/// Removes a request header. ngx_wasm_module removes a header by zeroing its hash
+/// (`ngx_http_wasm_set_header_helper`, src/http/ngx_http_wasm_headers.c), and nginx's proxy
+/// module forwards every header regardless (`ngx_http_proxy_create_request`), so on Kong a
+/// removed header would still reach the upstream: there the filter empties it instead, and
+/// Kong's companion plugin clears it for real before the filter runs (README, "Trust").
+fn remove_request_header(kong: bool, name: &str) {
+    if kong {
+        host::set_header(MapType::HttpRequestHeaders, name, "");
+    } else {
+        host::remove_header(MapType::HttpRequestHeaders, name);
+    }
+}
+
 /// The namespace of the baggage members the filter writes.
 const BAGGAGE_NAMESPACE: &str = "consul.";
 
@@ -137,9 +150,10 @@ const BAGGAGE_NAMESPACE: &str = "consul.";
 /// on untouched but for the removed members.
 fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
     let strip = shared.config.strip_incoming;
+    let kong = shared.config.host == HostKind::Kong;
     if strip {
         for name in &incoming.forged {
-            host::remove_header(MapType::HttpRequestHeaders, name);
+            remove_request_header(kong, name);
         }
     }
     let joined = incoming.baggage_lines.join(",");
@@ -149,8 +163,11 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
         (joined, 0)
     };
     if removed > 0 || incoming.baggage_lines.len() > 1 {
-        host::remove_header(MapType::HttpRequestHeaders, "baggage");
-        if !kept.is_empty() {
+        if kept.is_empty() {
+            remove_request_header(kong, "baggage");
+        } else {
+            // A replace keeps one line (ngx_wasm_module updates the first and drops the
+            // others from what the filter sees; see `remove_request_header`).
             host::set_header(MapType::HttpRequestHeaders, "baggage", &kept);
         }
     }
@@ -214,7 +231,11 @@ fn kong_service_host() -> Option<String> {
         host: Option<String>,
     }
     match host::property(&["kong", "router", "service"]) {
-        Some(json) => serde_json::from_slice::<KongService>(json.as_bytes()).ok()?.host,
+        Some(json) => {
+            serde_json::from_slice::<KongService>(json.as_bytes())
+                .ok()?
+                .host
+        }
         None if host::property(&["kong", "version"]).is_none() => {
             host::property(&["ngx", "upstream_host"])
         }

@@ -115,7 +115,7 @@ impl Shared {
 
     fn write_entry(&self, id: &str, entry: &Entry) {
         let key = self.config.entry_key(id);
-        if let Err(status) = host::shared_set(&key, &entry.encode(), None) {
+        if let Err(status) = host::shared_store(&key, &entry.encode()) {
             log::warn!("consul-enricher: cannot store the entry of {id}: {status:?}");
             return;
         }
@@ -212,7 +212,7 @@ impl Shared {
         if until <= host::now_ms() {
             self.release_lease(id);
         } else if let Err(status) =
-            host::shared_set(&self.config.lease_key(id), &encode_lease(until), None)
+            host::shared_store(&self.config.lease_key(id), &encode_lease(until))
         {
             log::debug!("consul-enricher: cannot keep the lease of {id}: {status:?}");
         }
@@ -220,7 +220,7 @@ impl Shared {
 
     fn release_lease(&self, id: &str) {
         let key = self.config.lease_key(id);
-        if let Err(status) = host::shared_set(&key, &encode_lease(0), None) {
+        if let Err(status) = host::shared_store(&key, &encode_lease(0)) {
             log::debug!("consul-enricher: cannot release the lease of {id}: {status:?}");
         }
     }

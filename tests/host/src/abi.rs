@@ -201,6 +201,46 @@ fn edit_map(
     }
 }
 
+/// The request being edited, when this is Kong and the map is its request headers.
+fn kong_request(
+    state: &mut WorkerState,
+    map_type: i32,
+) -> Option<&mut crate::worker::RequestRecord> {
+    if state.shared.flavour != Flavour::Kong || map_type != MAP_REQUEST_HEADERS {
+        return None;
+    }
+    let context = state.effective_context;
+    state.requests.get_mut(&context)
+}
+
+/// ngx_wasm_module's set (`Some`) and remove (`None`) of a request header
+/// (`ngx_http_wasm_set_header_helper`, src/http/ngx_http_wasm_headers.c): a set updates
+/// the first header of that name in place and a remove or a set clears the others by
+/// zeroing their hash, which hides them from the filter but not from nginx's proxy module,
+/// which forwards every `headers_in` entry (`ngx_http_proxy_create_request`,
+/// src/http/modules/ngx_http_proxy_module.c): they stay in `RequestRecord::hidden_headers`.
+fn kong_set_request_header(
+    record: &mut crate::worker::RequestRecord,
+    key: &str,
+    value: Option<String>,
+) {
+    let mut value = value;
+    let mut kept = Vec::with_capacity(record.request_headers.len() + 1);
+    for (name, old) in std::mem::take(&mut record.request_headers) {
+        if !name.eq_ignore_ascii_case(key) {
+            kept.push((name, old));
+        } else if let Some(new) = value.take() {
+            kept.push((name, new));
+        } else {
+            record.hidden_headers.push((name, old));
+        }
+    }
+    if let Some(new) = value {
+        kept.push((key.to_ascii_lowercase(), new));
+    }
+    record.request_headers = kept;
+}
+
 fn property_path(raw: &[u8]) -> String {
     raw.split(|b| *b == 0)
         .map(|segment| String::from_utf8_lossy(segment).into_owned())
@@ -538,6 +578,10 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
          -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
             let value = read_string(&mut c, value_ptr, value_len)?;
+            if let Some(record) = kong_request(c.data_mut(), map_type) {
+                kong_set_request_header(record, &key, Some(value));
+                return Ok(OK);
+            }
             Ok(edit_map(c.data_mut(), map_type, |headers| {
                 headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&key));
                 headers.push((key.to_ascii_lowercase(), value));
@@ -566,6 +610,10 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, map_type: i32, key_ptr: i32, key_len: i32| -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
+            if let Some(record) = kong_request(c.data_mut(), map_type) {
+                kong_set_request_header(record, &key, None);
+                return Ok(OK);
+            }
             Ok(edit_map(c.data_mut(), map_type, |headers| {
                 headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&key))
             }))

@@ -48,6 +48,9 @@ pub struct RequestRecord {
     pub phase: Phase,
     /// The request headers as they are now (as the filter left them).
     pub request_headers: Vec<(String, String)>,
+    /// Kong: headers the filter removed, or duplicates a set replaced, which ngx_wasm_module
+    /// hides from the filter and nginx still forwards (see `abi::kong_set_request_header`).
+    pub hidden_headers: Vec<(String, String)>,
     /// Snapshot taken when the request went upstream.
     pub upstream_headers: Option<Vec<(String, String)>>,
     pub response_headers: Vec<(String, String)>,
@@ -80,7 +83,9 @@ impl RequestRecord {
 
     pub(crate) fn forward(&mut self) {
         self.phase = Phase::Forwarded;
-        self.upstream_headers = Some(self.request_headers.clone());
+        let mut sent = self.request_headers.clone();
+        sent.extend(self.hidden_headers.iter().cloned());
+        self.upstream_headers = Some(sent);
         self.forwarded_at = Some(Instant::now());
     }
 }
@@ -340,6 +345,7 @@ impl Worker {
                 context_id,
                 phase: Phase::RequestHeaders,
                 request_headers: headers,
+                hidden_headers: Vec::new(),
                 upstream_headers: None,
                 response_headers: Vec::new(),
                 client_response_headers: None,
