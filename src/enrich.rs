@@ -477,7 +477,7 @@ mod tests {
         Peer::parse(address, None)
     }
 
-    fn matched<'a>(instances: &'a [Instance], peer: Option<Peer>) -> Option<&'a str> {
+    fn matched(instances: &[Instance], peer: Option<Peer>) -> Option<&str> {
         match_instance(instances, &peer?).map(|i| i.service_id.as_str())
     }
 

@@ -317,6 +317,7 @@ impl HttpContext for Http {
         let now = start_nanos / 1_000_000;
         let entry = shared.entry_for_request(&id, now);
         let lookup = decide(entry.as_deref(), now);
+        shared.note_use(&target, &id, lookup, now);
         if lookup == Lookup::Miss {
             let known = entry.is_some();
             if let MissOutcome::Paused = shared.wait_for_lookup(self.id, &target, &id, known) {
@@ -325,7 +326,6 @@ impl HttpContext for Http {
             shared.apply(self.id, shared.read_entry(&id), Lookup::Backoff, now);
             return Action::Continue;
         }
-        shared.note_use(&target, &id, lookup, now);
         shared.apply(self.id, entry, lookup, now);
         Action::Continue
     }

@@ -1113,3 +1113,189 @@ fn stripping_can_be_turned_off_behind_a_trusted_gateway() {
         gw.assert_no_traps();
     }
 }
+
+fn watch_config(extra: Value) -> Value {
+    let mut config = json!({
+        "consul": {"watch": true, "wait_s": 5, "min_watch_interval_ms": 100, "timeout_ms": 1000},
+        "cache": {"ttl_s": 3600},
+    });
+    merge(&mut config, &extra);
+    config
+}
+
+/// Sends requests (advancing the host in between) until one's upstream sees `version`.
+fn until_version(gw: &mut Gateway, version: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let request = gw.send(echo_request(gw.flavour));
+        let record = gw.forwarded(request);
+        if record
+            .upstream_header("x-consul-meta-version")
+            .is_some_and(|v| v.contains(version))
+        {
+            return true;
+        }
+        gw.host.advance(Duration::from_millis(50)).unwrap();
+    }
+    false
+}
+
+#[test]
+fn a_watch_shows_a_change_within_about_a_second() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(
+            flavour,
+            2,
+            &consul.addr().to_string(),
+            watch_config(json!({})),
+        );
+        assert!(until_version(&mut gw, "1.2.0", WAIT), "{flavour:?}");
+        // Let the watch open, then change the instance's meta in Consul.
+        gw.host
+            .run_until(Duration::from_millis(500), |_| false)
+            .unwrap();
+        consul.register(
+            Instance::new("echo", "echo-1")
+                .address("127.0.0.1")
+                .port(9001)
+                .meta("version", "9.9.9")
+                .meta("region", "eu-west"),
+        );
+        let changed_at = std::time::Instant::now();
+        assert!(
+            until_version(&mut gw, "9.9.9", Duration::from_secs(5)),
+            "{flavour:?}: the change reached the headers"
+        );
+        eprintln!(
+            "{flavour:?}: change visible after {:?}",
+            changed_at.elapsed()
+        );
+        let watches: Vec<_> = consul
+            .request_log()
+            .into_iter()
+            .filter(|r| r.path == CATALOG && r.has_query("index"))
+            .collect();
+        assert!(
+            !watches.is_empty(),
+            "{flavour:?}: blocking queries were made"
+        );
+        assert!(watches
+            .iter()
+            .all(|w| w.query_values("wait") == vec!["5s".to_string()]));
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn with_nothing_changing_consul_sees_only_the_open_watch() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(
+            flavour,
+            2,
+            &consul.addr().to_string(),
+            watch_config(json!({})),
+        );
+        assert!(until_version(&mut gw, "1.2.0", WAIT));
+        let before = consul.requests(CATALOG);
+        for i in 0..40 {
+            let request = gw.send_on(i % 2, echo_request(flavour));
+            gw.forwarded(request);
+            gw.host.advance(Duration::from_millis(50)).unwrap();
+        }
+        // About 2 s of steady requests on two workers, one watch held for the gateway.
+        let during = consul.requests(CATALOG) - before;
+        assert!(
+            during <= 1,
+            "{flavour:?}: {during} Consul requests while nothing changed"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn an_index_going_backwards_starts_the_watch_over() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(
+            flavour,
+            1,
+            &consul.addr().to_string(),
+            watch_config(json!({})),
+        );
+        assert!(until_version(&mut gw, "1.2.0", WAIT));
+        gw.host
+            .run_until(Duration::from_millis(500), |_| false)
+            .unwrap();
+        // Consul keeps a query blocked while the index is not above the one asked for, so
+        // the watch returns at the end of its wait with the lower index.
+        consul.set_index(1);
+        let restarted =
+            gw.host
+                .run_until(Duration::from_secs(9), |_| {
+                    consul.request_log().iter().any(|r| {
+                        r.path == CATALOG && r.query_values("index") == vec!["0".to_string()]
+                    })
+                })
+                .unwrap();
+        let queries: Vec<_> = consul
+            .request_log()
+            .iter()
+            .map(|r| r.query_values("index"))
+            .collect();
+        assert!(
+            restarted,
+            "{flavour:?}: a watch from index 0 after the reset: {queries:?}"
+        );
+        assert!(
+            until_version(&mut gw, "1.2.0", WAIT),
+            "{flavour:?}: still served"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn a_failing_watch_backs_off_and_keeps_serving() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = watch_config(json!({"cache": {"backoff_s": 5}}));
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        assert!(until_version(&mut gw, "1.2.0", WAIT));
+        consul.set_fault(Fault::Status(500, "rpc error".into()));
+        consul.set_index(consul.index() + 1);
+        for _ in 0..30 {
+            let request = gw.send(echo_request(flavour));
+            let record = gw.forwarded(request);
+            assert_eq!(
+                record.upstream_header("x-consul-service"),
+                Some("echo"),
+                "{flavour:?}"
+            );
+            gw.host.advance(Duration::from_millis(50)).unwrap();
+        }
+        assert!(gw.metric("consul_errors") >= 1, "{flavour:?}");
+        let failed = consul.request_log().len();
+        assert!(
+            failed <= 4,
+            "{flavour:?}: backed off, {failed} requests in all"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn agent_mode_asks_the_agents_cache() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"consul": {"cached": true}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(echo_request(flavour));
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        let sent = consul.request_log();
+        assert!(sent.iter().all(|r| r.has_query("cached")), "{flavour:?}");
+        gw.assert_no_traps();
+    }
+}
