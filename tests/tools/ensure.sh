@@ -20,22 +20,22 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 logs="$root/target/logs"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
-export PATH="$cargo_bin:$PATH"
+export PATH="$cargo_bin:$PATH" DEBIAN_FRONTEND=noninteractive
 
 say() { echo "[setup] $*"; }
 fail() { echo "[setup] $*" >&2; exit 1; }
 
-# install NAME WHAT COMMAND...: runs the install with its output in the tool's log
+# install NAME DOING COMMAND...: runs COMMAND with its output in the tool's log
 install() {
-  local name="$1" what="$2" start=$SECONDS log="$logs/setup-$1.log"
+  local name="$1" doing="$2" start=$SECONDS log="$logs/setup-$1.log"
   shift 2
   mkdir -p "$logs"
-  say "$name: installing $what ($*), log: ${log#"$root"/}"
+  say "$name: $doing: $*  (log: ${log#"$root"/})"
   if ! "$@" >"$log" 2>&1; then
     tail -n 20 "$log" >&2
-    fail "$name: installing $what failed; the whole output is in ${log#"$root"/}"
+    fail "$name: $doing failed; the whole output is in ${log#"$root"/}"
   fi
-  say "$name: installed in $((SECONDS - start)) s"
+  say "$name: done in $((SECONDS - start)) s"
 }
 
 toolchain_value() { sed -n "s/^$1 *= *//p" rust-toolchain.toml | tr -d '[]",'; }
@@ -46,7 +46,7 @@ ensure_rust() {
   channel="$(toolchain_value channel)"
   if ! rustup run "$channel" rustc --version >/dev/null 2>&1; then
     # Without a name, rustup installs what rust-toolchain.toml says, targets and components too.
-    install rust "the $channel toolchain" rustup toolchain install
+    install rust "installing the $channel toolchain" rustup toolchain install
     return
   fi
   for name in $(toolchain_value targets); do
@@ -56,10 +56,10 @@ ensure_rust() {
     rustup component list --installed --toolchain "$channel" | grep -q "^$name-" || missing_components+=("$name")
   done
   if [ ${#missing_targets[@]} -gt 0 ]; then
-    install rust "targets ${missing_targets[*]}" rustup target add --toolchain "$channel" "${missing_targets[@]}"
+    install rust "installing targets ${missing_targets[*]}" rustup target add --toolchain "$channel" "${missing_targets[@]}"
   fi
   if [ ${#missing_components[@]} -gt 0 ]; then
-    install rust "components ${missing_components[*]}" rustup component add --toolchain "$channel" "${missing_components[@]}"
+    install rust "installing components ${missing_components[*]}" rustup component add --toolchain "$channel" "${missing_components[@]}"
   fi
   if [ ${#missing_targets[@]} -eq 0 ] && [ ${#missing_components[@]} -eq 0 ]; then
     say "rust: $channel with $(toolchain_value targets | xargs) and $(toolchain_value components | xargs): present"
@@ -81,7 +81,7 @@ ensure_wasm_bindgen() {
   if wasm-bindgen-test-runner --version 2>/dev/null | grep -qw "$version"; then
     say "wasm-bindgen: wasm-bindgen-cli $version: present"
   else
-    install wasm-bindgen "wasm-bindgen-cli $version" cargo install wasm-bindgen-cli --version "$version" --locked
+    install wasm-bindgen "installing wasm-bindgen-cli $version" cargo install wasm-bindgen-cli --version "$version" --locked
   fi
 }
 
@@ -89,7 +89,7 @@ ensure_nightly() {
   if rustup run nightly rustc --version >/dev/null 2>&1; then
     say "nightly: $(rustup run nightly rustc --version): present"
   else
-    install nightly "the nightly toolchain" rustup toolchain install nightly --profile minimal
+    install nightly "installing the nightly toolchain" rustup toolchain install nightly --profile minimal
   fi
 }
 
@@ -97,14 +97,14 @@ ensure_cargo_fuzz() {
   if cargo fuzz --version >/dev/null 2>&1; then
     say "cargo-fuzz: $(cargo fuzz --version): present"
   else
-    install cargo-fuzz "cargo-fuzz" cargo install cargo-fuzz --locked
+    install cargo-fuzz "installing cargo-fuzz" cargo install cargo-fuzz --locked
   fi
 }
 
 apt_updated=0
 # apt NAME CHECK PACKAGE...: installs the Debian packages unless CHECK (a shell test) passes
 apt() {
-  local name="$1" check="$2" sudo=""
+  local name="$1" check="$2" sudo=()
   shift 2
   if bash -c "$check" >/dev/null 2>&1; then
     say "$name: present"
@@ -112,17 +112,19 @@ apt() {
   fi
   if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-      sudo="sudo"
+      sudo=(sudo DEBIAN_FRONTEND=noninteractive)
     else
       fail "$name: missing; install it as root with: apt-get install $*"
     fi
   fi
   command -v apt-get >/dev/null || fail "$name: missing and there is no apt-get; install the package(s) $* (Debian: apt-get install $*)"
+  # Another apt-get may hold the lock for a while: wait for it.
+  local wait=(-o DPkg::Lock::Timeout=600)
   if [ $apt_updated = 0 ]; then
-    install apt "package lists" $sudo apt-get update -qq
+    install apt "updating the package lists" "${sudo[@]}" apt-get "${wait[@]}" update -qq
     apt_updated=1
   fi
-  install "$name" "$*" $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  install "$name" "installing $*" "${sudo[@]}" apt-get "${wait[@]}" install -y -qq --no-install-recommends "$@"
 }
 
 [ $# -gt 0 ] || { sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
