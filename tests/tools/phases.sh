@@ -32,8 +32,7 @@ run_phase() {
     make --no-print-directory "$phase" IN_PHASES=1 >"$log" 2>&1 </dev/null &
     pid=$!
     while ! wait_for "$pid" 30; do
-      last="$(tail -n 1 "$log" | tr -d '\r' | cut -c 1-100)"
-      echo "[$phase] $(duration $((SECONDS - start))) ${last:-(no output yet)}"
+      echo "[$phase] $(duration $((SECONDS - start))) $(progress "$log")"
     done
     wait "$pid"
     status=$?
@@ -46,6 +45,15 @@ run_phase() {
   fi
   echo "[$phase] ok in $(duration $took)$(test_counts "$log")"
   summary+=("$(printf '%-12s %6s' "$phase" "$(duration $took)")")
+}
+
+# progress LOG: how many crates cargo compiled so far, and the log's last line.
+progress() {
+  local compiled last
+  compiled="$(grep -c '^ *Compiling ' "$1")"
+  last="$(tail -n 1 "$1" | tr -d '\r' | sed 's/^ *//' | cut -c 1-90)"
+  [ "$compiled" = 0 ] || printf '%s crates compiled; ' "$compiled"
+  echo "${last:-(no output yet)}"
 }
 
 # wait_for PID SECONDS: true once the process has ended, false if it still runs after SECONDS.
