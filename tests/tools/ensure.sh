@@ -81,7 +81,8 @@ ensure_wasm_bindgen() {
   if wasm-bindgen-test-runner --version 2>/dev/null | grep -qw "$version"; then
     say "wasm-bindgen: wasm-bindgen-cli $version: present"
   else
-    install wasm-bindgen "installing wasm-bindgen-cli $version" cargo install wasm-bindgen-cli --version "$version" --locked
+    # Not --locked: its lock file names dependency versions that are yanked since.
+    install wasm-bindgen "installing wasm-bindgen-cli $version" cargo install wasm-bindgen-cli --version "$version"
   fi
 }
 
