@@ -47,10 +47,10 @@ run_phase() {
   summary+=("$(printf '%-12s %6s' "$phase" "$(duration $took)")")
 }
 
-# progress LOG: how many crates cargo compiled so far, and the log's last line.
+# progress LOG: how many crates cargo compiled or checked so far, and the log's last line.
 progress() {
   local compiled last
-  compiled="$(grep -c '^ *Compiling ' "$1")"
+  compiled="$(grep -cE '^ *(Compiling|Checking) ' "$1")"
   last="$(tail -n 1 "$1" | tr -d '\r' | sed 's/^ *//' | cut -c 1-90)"
   [ "$compiled" = 0 ] || printf '%s crates compiled; ' "$compiled"
   echo "${last:-(no output yet)}"
