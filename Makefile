@@ -28,7 +28,7 @@ test:
 ## and the span tree of one click printed to the terminal
 demo:
 	@if docker compose version >/dev/null 2>&1; then \
-	  $(ENSURE) rust node && tests/demo/up.sh; \
+	  tests/demo/up.sh; \
 	else \
 	  $(PHASES) --live demo-setup build e2e-deps --live demo-local; \
 	fi
