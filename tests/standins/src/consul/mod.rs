@@ -911,7 +911,7 @@ impl ConsulState {
         endpoint: Endpoint,
         service: &str,
         request: &Request<Incoming>,
-    ) -> Result<Read, Response<Full<Bytes>>> {
+    ) -> Result<Read, Box<Response<Full<Bytes>>>> {
         let query: Vec<(String, String)> =
             form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
                 .into_owned()
@@ -927,34 +927,37 @@ impl ConsulState {
         let consistent = has("consistent");
         let cached = has("cached");
         if stale && consistent {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::BAD_REQUEST,
                 "Cannot specify ?stale with ?consistent, conflicting semantics.",
-            ));
+            )));
         }
         if cached && consistent {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::BAD_REQUEST,
                 "Cannot specify ?cached with ?consistent, conflicting semantics.",
-            ));
+            )));
         }
         // Consul's servers take a zero wait as the default one.
         let wait = match first("wait").map(parse_go_duration) {
             None | Some(Some(Duration::ZERO)) => DEFAULT_WAIT,
             Some(Some(wait)) => wait.min(MAX_WAIT),
-            Some(None) => return Err(text(StatusCode::BAD_REQUEST, "Invalid wait time")),
+            Some(None) => return Err(Box::new(text(StatusCode::BAD_REQUEST, "Invalid wait time"))),
         };
         let min_index = match first("index").map(str::parse::<u64>) {
             None => 0,
             Some(Ok(index)) => index,
-            Some(Err(_)) => return Err(text(StatusCode::BAD_REQUEST, "Invalid index")),
+            Some(Err(_)) => return Err(Box::new(text(StatusCode::BAD_REQUEST, "Invalid index"))),
         };
         let passing = match (endpoint, first("passing")) {
             (Endpoint::Catalog, _) | (Endpoint::Health, None) => false,
             (Endpoint::Health, Some("" | "true" | "1")) => true,
             (Endpoint::Health, Some("false" | "0")) => false,
             (Endpoint::Health, Some(_)) => {
-                return Err(text(StatusCode::BAD_REQUEST, "Invalid value for ?passing"))
+                return Err(Box::new(text(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid value for ?passing",
+                )))
             }
         };
         let datacenter = first("dc")
@@ -962,10 +965,10 @@ impl ConsulState {
             .unwrap_or(&self.options.datacenter)
             .to_owned();
         if !self.reachable(&datacenter) {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "No path to datacenter",
-            ));
+            )));
         }
         let consistency = if stale {
             "stale"
@@ -981,7 +984,7 @@ impl ConsulState {
             TokenCheck::NotFound => {
                 let mut reply = text(StatusCode::FORBIDDEN, "ACL not found");
                 self.add_query_meta(&mut reply, lock(&self.catalog).index, consistency);
-                return Err(reply);
+                return Err(Box::new(reply));
             }
         };
         let filter_source = first("filter").unwrap_or_default().to_owned();
@@ -992,10 +995,10 @@ impl ConsulState {
             None => None,
             Some(Ok(expression)) => Some(expression),
             Some(Err(message)) => {
-                return Err(text(
+                return Err(Box::new(text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("Failed to create boolean expression evaluator: {message}"),
-                ));
+                )));
             }
         };
         let tags = query
@@ -1031,7 +1034,7 @@ impl ConsulState {
     ) -> Response<Full<Bytes>> {
         let read = match self.parse_read(endpoint, service, request) {
             Ok(read) => read,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         if !read.cached && !lock(&self.agent_cache).connected() {
             return text(StatusCode::INTERNAL_SERVER_ERROR, NO_SERVERS);
@@ -1045,14 +1048,14 @@ impl ConsulState {
         loop {
             let cached = if read.cached {
                 match self.cached_answer(&read.query) {
-                    Ok((answer, outcome)) => {
+                    Some((answer, outcome)) => {
                         let outcome = match first_outcome.get_or_insert(outcome) {
                             CacheOutcome::Miss => CacheOutcome::Miss,
                             CacheOutcome::Hit { .. } => outcome,
                         };
                         Some((answer, outcome))
                     }
-                    Err(refusal) => return refusal,
+                    None => return text(StatusCode::INTERNAL_SERVER_ERROR, NO_SERVERS),
                 }
             } else {
                 None
@@ -1091,14 +1094,9 @@ impl ConsulState {
         }
     }
 
-    /// The agent cache's answer to `query`, or the refusal of a miss it cannot fetch.
-    fn cached_answer(
-        &self,
-        query: &ServiceQuery,
-    ) -> Result<(Answer, CacheOutcome), Response<Full<Bytes>>> {
-        lock(&self.agent_cache)
-            .get(query, || self.answer(&lock(&self.catalog), query))
-            .ok_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, NO_SERVERS))
+    /// The agent cache's answer to `query`; `None` for a miss it cannot fetch.
+    fn cached_answer(&self, query: &ServiceQuery) -> Option<(Answer, CacheOutcome)> {
+        lock(&self.agent_cache).get(query, || self.answer(&lock(&self.catalog), query))
     }
 
     fn read_reply(
