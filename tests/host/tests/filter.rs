@@ -1299,3 +1299,29 @@ fn agent_mode_asks_the_agents_cache() {
         gw.assert_no_traps();
     }
 }
+
+#[test]
+fn the_health_endpoint_labels_only_instances_that_can_serve() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        consul.set_check_status("echo-2", standins::CheckStatus::Critical);
+        let extra = json!({"consul": {"endpoint": "health"}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(echo_request(flavour));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-instances"),
+            Some("1"),
+            "{flavour:?}"
+        );
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("1.2.0")
+        );
+        let sent = consul.request_log();
+        assert!(sent
+            .iter()
+            .all(|r| r.path == "/v1/health/service/echo" && r.has_query("passing")));
+        gw.assert_no_traps();
+    }
+}
