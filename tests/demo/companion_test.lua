@@ -5,6 +5,10 @@
 -- named too. The model is small on purpose: only what decides where the plugin's values
 -- end up in the exported OTLP span.
 --
+-- The access phase is modelled the same way, down to the OpenResty 1.25.3.2 modules Kong
+-- 3.9.3 builds on (github.com/openresty/lua-nginx-module v0.10.26, lua-resty-core v0.1.28):
+-- the request headers as nginx's headers_in list, and the PDK calls that read and change it.
+--
 -- Run from the repository root: luajit tests/demo/companion_test.lua
 
 package.path = "./kong/plugins/?.lua;" .. package.path
@@ -266,6 +270,150 @@ local function kong_3_8_otlp()
   return { transform_span = transform_span }
 end
 
+-- The request's headers as nginx holds them: headers_in.headers, a list of { name, value }
+-- in the order the client sent them; the filter and the upstream get whatever is left in it.
+local header_list = {}
+-- Every header write a plugin made in this request, as "clear <name>" / "set <name>".
+local header_writes = {}
+
+-- kong/templates/kong_defaults.lua: lua_max_req_headers = 100.
+local LUA_MAX_REQ_HEADERS = 100
+
+-- lua-resty-core lib/resty/core/request.lua, req_headers_mt: a lookup lowercases the name
+-- and tries "_" as "-".
+local req_headers_mt = {
+  __index = function(t, key)
+    key = key:lower()
+    local value = rawget(t, key)
+    if value == nil and key:find("_", 1, true) then
+      value = rawget(t, (key:gsub("_", "-")))
+    end
+    return value
+  end,
+}
+
+-- ngx.req.get_headers(max): kong/globalpatches.lua makes a missing max lua_max_req_headers;
+-- lua-nginx-module src/ngx_http_lua_headers.c (ngx_http_lua_ffi_req_get_headers_count)
+-- takes a negative max as 100 and 0 as no limit, and past max returns "truncated";
+-- lua-resty-core lib/resty/core/request.lua (get_headers) lowercases the names and makes a
+-- repeated header an array of its values in list order.
+local function ngx_req_get_headers(max)
+  max = max or LUA_MAX_REQ_HEADERS
+  if max < 0 then
+    max = 100
+  end
+  local headers, truncated = setmetatable({}, req_headers_mt), nil
+  for i, h in ipairs(header_list) do
+    if max > 0 and i > max then
+      truncated = "truncated"
+      break
+    end
+    local key = h.name:lower()
+    local existing = rawget(headers, key)
+    if existing == nil then
+      headers[key] = h.value
+    elseif type(existing) == "table" then
+      existing[#existing + 1] = h.value
+    else
+      headers[key] = { existing, h.value }
+    end
+  end
+  return headers, truncated
+end
+
+-- ngx.req.set_header / clear_header: lua-nginx-module src/ngx_http_lua_headers_in.c,
+-- ngx_http_set_header_helper: names compared case-insensitively; an empty value (clear)
+-- takes every copy out of the list (ngx_http_lua_rm_header_helper), a value replaces the
+-- first copy and takes the others out, or is appended when there is none.
+local function ngx_req_set_header(name, value)
+  if value ~= nil and type(value) ~= "string" then
+    error("the model takes a string value only", 2)
+  end
+  header_writes[#header_writes + 1] = (value == nil and "clear " or "set ") .. name
+  local lname, matched, i = name:lower(), false, 1
+  while i <= #header_list do
+    local h = header_list[i]
+    if h.name:lower() == lname then
+      if value == nil or matched then
+        table.remove(header_list, i)
+      else
+        h.value, matched = value, true
+        i = i + 1
+      end
+    else
+      i = i + 1
+    end
+  end
+  if value ~= nil and not matched then
+    header_list[#header_list + 1] = { name = name, value = value }
+  end
+end
+
+-- kong/pdk/request.lua: get_headers(max) is ngx.req.get_headers(max) with max nil or in
+-- 1..1000 (MIN_HEADERS, MAX_HEADERS); get_header (kong/tools/http.lua, get_header) is the
+-- first value of a repeated header.
+local kong_request = {
+  get_headers = function(max)
+    if max ~= nil and (type(max) ~= "number" or max < 1 or max > 1000) then
+      error("max_headers must be in 1..1000", 2)
+    end
+    return ngx_req_get_headers(max)
+  end,
+  get_header = function(name)
+    local value = ngx_req_get_headers()[name]
+    return type(value) == "table" and value[1] or value
+  end,
+}
+
+-- kong/pdk/service/request.lua: set_header checks the value (kong/pdk/private/checks.lua,
+-- validate_header) and is ngx.req.set_header; clear_header is ngx.req.clear_header. Both
+-- only in the rewrite and access phases (clear_header) or also balancer (set_header).
+local kong_service_request = {
+  set_header = function(name, value)
+    if phase ~= "access" and phase ~= "rewrite" and phase ~= "balancer" then
+      error("set_header in the " .. phase .. " phase", 2)
+    end
+    if type(name) ~= "string" or type(value) ~= "string" then
+      error("invalid header", 2)
+    end
+    ngx_req_set_header(name, value)
+  end,
+  clear_header = function(name)
+    if phase ~= "access" and phase ~= "rewrite" then
+      error("clear_header in the " .. phase .. " phase", 2)
+    end
+    if type(name) ~= "string" then
+      error("header must be a string", 2)
+    end
+    ngx_req_set_header(name, nil)
+  end,
+}
+
+ngx.req = {
+  get_headers = ngx_req_get_headers,
+  set_header = ngx_req_set_header,
+  clear_header = function(name)
+    ngx_req_set_header(name, nil)
+  end,
+}
+
+-- The companion's configuration as Kong stores it: the schema's defaults
+-- (kong/db/schema/init.lua fills them in) under the fields given.
+local function plugin_config(fields)
+  package.loaded["kong.db.schema.typedefs"] = { protocols_http = { type = "set" } }
+  package.loaded["consul-enricher-span.schema"] = nil
+  local schema = require "consul-enricher-span.schema"
+  local conf = {}
+  for _, field in ipairs(schema.fields[2].config.fields) do
+    local name, def = next(field)
+    conf[name] = def.default
+  end
+  for name, value in pairs(fields or {}) do
+    conf[name] = value
+  end
+  return conf
+end
+
 -- One Kong node (one worker): its version, tracer, encoder, opentelemetry plugin and the
 -- companion, freshly loaded.
 --   options.version: "3.9" (default) or "3.8"
@@ -294,6 +442,8 @@ local function kong_node(options)
     version_num = v39 and 3009003 or 3008001,
     tracing = tracer,
     ctx = { shared = {} },
+    request = kong_request,
+    service = { request = kong_service_request },
     log = {
       debug = function(...)
         node.log_lines[#node.log_lines + 1] = "debug: " .. table.concat({ ... })
@@ -407,7 +557,43 @@ local function kong_node(options)
     return node.exported
   end
 
+  -- The access phase of one request that sends `headers` (an array of { name, value }),
+  -- with the companion configured as `conf`: kong/init.lua, Kong.access, runs the plugins'
+  -- access handlers (execute_collecting_plugins_iterator) and then attaches the filter
+  -- chain (runloop.wasm_attach, kong/runloop/wasm.lua attach). Returns the headers the
+  -- filter then reads, which are also what nginx's proxy module forwards: every entry left
+  -- in headers_in (src/http/modules/ngx_http_proxy_module.c, ngx_http_proxy_create_request).
+  function node.access(headers, conf)
+    ngx.ctx = {}
+    kong.ctx.shared = {}
+    header_list, header_writes = {}, {}
+    for i, h in ipairs(headers) do
+      header_list[i] = { name = h[1], value = h[2] }
+    end
+    phase = "access"
+    if companion.access then
+      companion:access(conf)
+    end
+    phase = "done"
+    local seen = {}
+    for i, h in ipairs(header_list) do
+      seen[i] = { h.name, h.value }
+    end
+    return seen
+  end
+
   return node
+end
+
+-- The values of every header named `name` (any case) in `headers`, in order.
+local function header_values(headers, name)
+  local values = {}
+  for _, h in ipairs(headers) do
+    if h[1]:lower() == name then
+      values[#values + 1] = h[2]
+    end
+  end
+  return values
 end
 
 -- The exported span named `name`, its attributes as name -> OTLP AnyValue.
@@ -624,12 +810,140 @@ case("runs before the opentelemetry plugin (priority 14) encodes the span", func
   end
 end)
 
-case("schema declares the plugin for HTTP with an empty config", function()
+-- A request as a client could send it: forged filter headers in several cases, other
+-- headers, and two baggage lines with forged consul.* members.
+local FORGED_REQUEST = {
+  { "Host", "echo.example" },
+  { "x-consul-service", "forged" },
+  { "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" },
+  { "X-Consul-Lookup", "hit" },
+  { "baggage", "ui.component=checkout-form, consul.service=forged" },
+  { "x-consul-meta-version", "9.9.9" },
+  { "X-Consulting", "kept" },
+  { "x-request-id", "r-1" },
+  { "Baggage", "Consul.Service=x;p=1, ,tenant=t1;ttl=5 ,  consul.node = n" },
+  { "X-CONSUL-LOOKUP", "hit" },
+}
+
+case("access: forged x-consul-* headers are removed, every copy, any case", function()
+  local node = kong_node()
+  local seen = node.access(FORGED_REQUEST, plugin_config())
+  for _, name in ipairs({ "x-consul-service", "x-consul-lookup", "x-consul-meta-version" }) do
+    expect_equal(name, header_values(seen, name), {})
+  end
+end)
+
+case("access: other headers are kept, as they came and in order", function()
+  local node = kong_node()
+  local seen = node.access(FORGED_REQUEST, plugin_config())
+  local others = {}
+  for _, h in ipairs(seen) do
+    if h[1]:lower() ~= "baggage" then
+      others[#others + 1] = h
+    end
+  end
+  expect_equal("the other headers", others, {
+    { "Host", "echo.example" },
+    { "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" },
+    { "X-Consulting", "kept" },
+    { "x-request-id", "r-1" },
+  })
+end)
+
+case("access: two baggage lines become one list, in order, without consul.* members", function()
+  local node = kong_node()
+  local seen = node.access(FORGED_REQUEST, plugin_config())
+  expect_equal("one baggage line", header_values(seen, "baggage"),
+    { "ui.component=checkout-form,tenant=t1;ttl=5" })
+end)
+
+case("access: a forged header after lua_max_req_headers others is removed too", function()
+  local node = kong_node()
+  local request = {}
+  for i = 1, LUA_MAX_REQ_HEADERS + 20 do
+    request[i] = { "x-filler-" .. i, "f" }
+  end
+  request[#request + 1] = { "X-Consul-Service", "forged" }
+  request[#request + 1] = { "baggage", "a=1" }
+  request[#request + 1] = { "baggage", "consul.lookup=hit" }
+  local seen = node.access(request, plugin_config())
+  expect_equal("x-consul-service", header_values(seen, "x-consul-service"), {})
+  expect_equal("baggage", header_values(seen, "baggage"), { "a=1" })
+  expect_equal("the fillers and one baggage line kept", #seen, LUA_MAX_REQ_HEADERS + 21)
+end)
+
+case("access: one baggage line with nothing to remove is not rewritten", function()
+  local node = kong_node()
+  local seen = node.access({
+    { "Host", "echo.example" },
+    { "baggage", "ui.component=checkout-form , consulting=yes;p=consul.x" },
+  }, plugin_config())
+  expect_equal("baggage byte for byte", header_values(seen, "baggage"),
+    { "ui.component=checkout-form , consulting=yes;p=consul.x" })
+  expect_equal("no header written", header_writes, {})
+end)
+
+case("access: a baggage header with only consul.* members is removed", function()
+  local node = kong_node()
+  local seen = node.access({
+    { "baggage", "CONSUL.lookup=hit" },
+    { "baggage", "\tconsul.node=n1" },
+  }, plugin_config())
+  expect_equal("no baggage", header_values(seen, "baggage"), {})
+end)
+
+case("access: a request without baggage or forged headers is untouched", function()
+  local node = kong_node()
+  local request = {
+    { "Host", "echo.example" },
+    { "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" },
+    { "X-Consul", "no dash: not under the prefix" },
+  }
+  local seen = node.access(request, plugin_config())
+  expect_equal("the same headers", seen, request)
+  expect_equal("no header written", header_writes, {})
+end)
+
+case("access: strip_incoming=false leaves everything", function()
+  local node = kong_node()
+  local seen = node.access(FORGED_REQUEST, plugin_config({ strip_incoming = false }))
+  expect_equal("the same headers", seen, FORGED_REQUEST)
+  expect_equal("no header written", header_writes, {})
+end)
+
+case("access: header_prefix names the filter's headers", function()
+  local node = kong_node()
+  local seen = node.access({
+    { "X-Svc-Service", "forged" },
+    { "x-consul-service", "not the filter's here" },
+  }, plugin_config({ header_prefix = "x-svc-" }))
+  expect_equal("only the x-svc-* header removed", seen,
+    { { "x-consul-service", "not the filter's here" } })
+end)
+
+case("schema declares the plugin for HTTP with the access handler's config", function()
   package.loaded["kong.db.schema.typedefs"] = { protocols_http = { type = "set" } }
+  package.loaded["consul-enricher-span.schema"] = nil
   local schema = require "consul-enricher-span.schema"
   expect_equal("name", schema.name, "consul-enricher-span")
   expect_equal("protocols", schema.fields[1].protocols.type, "set")
   expect_equal("config", schema.fields[2].config.type, "record")
+  local defaults = plugin_config()
+  expect_equal("default header_prefix", defaults.header_prefix, "x-consul-")
+  expect_equal("default strip_incoming", defaults.strip_incoming, true)
+  -- kong/db/schema/init.lua, the match validator: value:match(pattern).
+  local pattern
+  for _, field in ipairs(schema.fields[2].config.fields) do
+    if field.header_prefix then
+      pattern = field.header_prefix.match
+    end
+  end
+  for _, good in ipairs({ "x-consul-", "x-svc-" }) do
+    expect_equal("header_prefix " .. good, good:match(pattern) ~= nil, true)
+  end
+  for _, bad in ipairs({ "X-Consul-", "x consul", "" }) do
+    expect_equal("header_prefix " .. show(bad), bad:match(pattern) ~= nil, false)
+  end
 end)
 
 io.write(string.format("%d cases, %d failures\n", tests, failures))

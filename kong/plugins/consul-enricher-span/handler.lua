@@ -1,6 +1,8 @@
 -- consul-enricher-span: copies the attributes the consul_enricher filter left in
 -- kong.ctx.shared.consul_enricher (a JSON object of attribute name -> value) onto Kong's
 -- request span, the root span, so the opentelemetry plugin exports them with that span.
+-- In the access phase it also removes what a client forged under the filter's names (see
+-- "Incoming headers" below).
 --
 -- Proxy-Wasm ABI 0.2.1 has no span API; from Kong 3.6 the filter's property
 -- "kong.ctx.shared.<key>" is Kong's kong.ctx.shared (kong/runloop/wasm.lua), which is how
@@ -32,6 +34,36 @@
 --   as an attribute without a value and log it as an invalid type. A JSON array of
 --   strings (consul.service.tags) is therefore a string array on 3.9 and the strings
 --   joined by "," before.
+--
+-- Incoming headers. On Kong a Wasm filter cannot remove a request header: ngx_wasm_module
+-- only zeroes its hash (src/http/ngx_http_wasm_headers.c, ngx_http_wasm_set_header_helper),
+-- and so do its replacements for the second and later copies of a header, while nginx's
+-- proxy module forwards every headers_in entry whatever its hash
+-- (src/http/modules/ngx_http_proxy_module.c, ngx_http_proxy_create_request). So the
+-- access handler removes, before the filter runs, every request header under
+-- header_prefix and every baggage list-member whose key starts with "consul." (any case),
+-- and leaves one baggage header, the lines joined by ",". As Kong 3.9 (OpenResty 1.25.3.2)
+-- implements it:
+--
+-- * Order. kong/init.lua, Kong.access, runs every plugin's access handler and only then
+--   attaches the filter chain (runloop.wasm_attach, kong/runloop/wasm.lua attach), so the
+--   filter sees the request as this handler left it, whatever this plugin's priority.
+--
+-- * Removal. kong.service.request.clear_header and set_header (kong/pdk/service/request.lua)
+--   are ngx.req.clear_header and ngx.req.set_header, which match names case-insensitively
+--   and take the entries out of headers_in (lua-nginx-module
+--   src/ngx_http_lua_headers_in.c, ngx_http_set_header_helper and
+--   ngx_http_lua_rm_header_helper): clear_header removes every copy, set_header replaces the
+--   first and removes the others.
+--
+-- * Reading. kong.request.get_headers() and ngx.req.get_headers() without an argument
+--   return only the first lua_max_req_headers (100 by default) headers (kong/globalpatches.lua,
+--   kong/templates/kong_defaults.lua), and kong.request.get_headers refuses more than 1000
+--   (kong/pdk/request.lua), so a forged header placed after 100 others would be missed.
+--   ngx.req.get_headers(0) returns them all (lua-nginx-module src/ngx_http_lua_headers.c,
+--   ngx_http_lua_ffi_req_get_headers_count: 0 is no limit): names lowercased, a repeated
+--   header as an array of its values in request order (lua-resty-core
+--   lib/resty/core/request.lua).
 
 local cjson = require "cjson.safe"
 
@@ -52,10 +84,16 @@ local ARRAYS_SINCE = 3009000
 -- The OTLP encoder module of each release line, newest first.
 local OTLP_MODULES = { "kong.observability.otlp", "kong.plugins.opentelemetry.otlp" }
 
+-- The schema's defaults (schema.lua), for a configuration without them.
+local DEFAULT_HEADER_PREFIX = "x-consul-"
+-- Baggage list-members under this key prefix (compared lowercased) belong to the filter.
+local BAGGAGE_KEY_PREFIX = "consul."
+
 local ConsulEnricherSpan = {
-  VERSION = "0.2.0",
+  VERSION = "0.3.0",
   -- Log handlers run in descending priority and the opentelemetry plugin (14) encodes the
-  -- root span in its own log handler, so this one must run just before it.
+  -- root span in its own log handler, so this one must run just before it. The access
+  -- handler runs before the filter whatever the priority (see "Incoming headers").
   PRIORITY = 15,
 }
 
@@ -219,6 +257,89 @@ local function span_value(name, value, arrays)
     return arrays and strings or table.concat(strings, ",")
   end
   return nil, "unsupported value type " .. kind
+end
+
+local function is_blank(b)
+  return b == 32 or b == 9 -- space, tab
+end
+
+-- `text` without leading and trailing spaces and tabs (linear, whatever the input).
+local function trim(text)
+  local first, last = 1, #text
+  while first <= last and is_blank(text:byte(first)) do
+    first = first + 1
+  end
+  while last >= first and is_blank(text:byte(last)) do
+    last = last - 1
+  end
+  return text:sub(first, last)
+end
+
+-- Whether a baggage list-member belongs to the filter: its key (the text before "=" or
+-- ";", trimmed) starts with "consul.", in any case.
+local function is_consul_member(member)
+  local key_end = member:find("[=;]")
+  local key = trim(key_end and member:sub(1, key_end - 1) or member)
+  return key:sub(1, #BAGGAGE_KEY_PREFIX):lower() == BAGGAGE_KEY_PREFIX
+end
+
+-- The baggage header to send for the incoming value `lines` (a string, or an array of the
+-- header's lines): nil to leave the request as it is (one line, nothing removed), false to
+-- remove the header (nothing left), or the remaining list-members joined by ",".
+local function stripped_baggage(lines)
+  local several = type(lines) == "table"
+  local joined = several and table.concat(lines, ",") or lines
+  local changed = several
+  local kept = {}
+  for member in (joined .. ","):gmatch("([^,]*),") do
+    member = trim(member)
+    if member == "" or is_consul_member(member) then
+      changed = true
+    else
+      kept[#kept + 1] = member
+    end
+  end
+  if not changed then
+    return nil
+  end
+  return #kept > 0 and table.concat(kept, ",") or false
+end
+
+-- Removes the request headers under `prefix` and the filter's baggage members.
+local function strip_incoming(prefix)
+  prefix = prefix:lower()
+  local headers = ngx.req.get_headers(0)
+  local removed = 0
+  for name in pairs(headers) do
+    if type(name) == "string" and name:sub(1, #prefix):lower() == prefix then
+      kong.service.request.clear_header(name)
+      removed = removed + 1
+    end
+  end
+
+  local baggage = headers["baggage"]
+  if baggage ~= nil then
+    local value = stripped_baggage(baggage)
+    if value == false then
+      kong.service.request.clear_header("baggage")
+    elseif value ~= nil then
+      kong.service.request.set_header("baggage", value)
+    end
+  end
+
+  if removed > 0 then
+    kong.log.debug("removed ", removed, " incoming header name(s) under ", prefix)
+  end
+end
+
+-- On every request, before the filter is attached: the trust boundary the filter cannot
+-- hold on Kong (see "Incoming headers").
+function ConsulEnricherSpan:access(conf)
+  conf = conf or {}
+  if conf.strip_incoming == false then
+    return
+  end
+  strip_incoming(conf.header_prefix or DEFAULT_HEADER_PREFIX)
 end
 
 function ConsulEnricherSpan:init_worker()

@@ -1,5 +1,6 @@
--- consul-enricher-span has nothing to configure: it reads the one key the
--- consul_enricher filter writes. The schema only limits it to HTTP(S) traffic.
+-- consul-enricher-span: the filter's names that the access handler removes from incoming
+-- requests (handler.lua, "Incoming headers"). The log handler has nothing to configure: it
+-- reads the one key the consul_enricher filter writes. HTTP(S) traffic only.
 local typedefs = require "kong.db.schema.typedefs"
 
 return {
@@ -8,7 +9,29 @@ return {
     { protocols = typedefs.protocols_http },
     { config = {
         type = "record",
-        fields = {},
+        fields = {
+          -- The filter's headers.prefix: every incoming request header whose name starts
+          -- with it is removed. A lowercase header-name token, as the filter requires.
+          { header_prefix = {
+              type = "string",
+              required = true,
+              default = "x-consul-",
+              match = "^[a-z0-9!#$%%&'*+.^_`|~-]+$",
+              description = "Prefix of the filter's request headers (its headers.prefix); "
+                .. "incoming request headers under it are removed. Lowercase.",
+            },
+          },
+          -- The filter's strip_incoming: false only behind a trusted gateway that wrote
+          -- these headers and baggage members itself.
+          { strip_incoming = {
+              type = "boolean",
+              required = true,
+              default = true,
+              description = "Remove incoming headers under header_prefix and consul.* "
+                .. "baggage members before the filter runs.",
+            },
+          },
+        },
       },
     },
   },
