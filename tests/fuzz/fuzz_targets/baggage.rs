@@ -2,10 +2,13 @@
 //! member keeps every caller member byte for byte and in order, stays within 64 members
 //! and 8192 bytes, and reads back as the value we appended.
 //!
+//! Stripping the filter's namespace from any header (valid or not) leaves no member whose key
+//! starts with `consul.` in any case, and keeps every other non-empty member.
+//!
 //! Input: the header, our key and our value, separated by 0xFF.
 #![no_main]
 
-use consul_enricher::trace_context::baggage::{Baggage, MAX_BYTES, MAX_MEMBERS};
+use consul_enricher::trace_context::baggage::{strip_members, Baggage, MAX_BYTES, MAX_MEMBERS};
 use consul_enricher_fuzz::text_fields;
 use libfuzzer_sys::fuzz_target;
 
@@ -13,6 +16,7 @@ fuzz_target!(|input: &[u8]| {
     let Some([header, key, value]) = text_fields(input) else {
         return;
     };
+    check_stripping(header);
     let Ok(mut baggage) = Baggage::parse(header) else {
         return;
     };
@@ -49,3 +53,22 @@ fuzz_target!(|input: &[u8]| {
     let reparsed = Baggage::parse(&after).expect("the header we write parses");
     assert_eq!(reparsed, baggage);
 });
+
+/// The trust boundary: no incoming `consul.*` member survives, and nothing else is lost.
+fn check_stripping(header: &str) {
+    let is_ours = |member: &str| {
+        let key = member.split(['=', ';']).next().unwrap_or_default();
+        let key = key.trim_matches([' ', '\t']);
+        key.get(..7)
+            .is_some_and(|k| k.eq_ignore_ascii_case("consul."))
+    };
+    let (kept, removed) = strip_members(header, "consul.");
+    assert!(kept.split(',').all(|m| !is_ours(m)), "{kept:?}");
+    let ours = header.split(',').filter(|m| is_ours(m)).count();
+    assert_eq!(removed, ours);
+    let others = header
+        .split(',')
+        .filter(|m| !is_ours(m) && !m.trim_matches([' ', '\t']).is_empty())
+        .count();
+    assert_eq!(kept.split(',').filter(|m| !m.is_empty()).count(), others);
+}
