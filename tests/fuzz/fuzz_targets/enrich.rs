@@ -11,8 +11,8 @@ use consul_enricher::cache::Lookup;
 use consul_enricher::config::{Config, ConsulConfig};
 use consul_enricher::consul::parse_catalog;
 use consul_enricher::enrich::{
-    baggage_attributes, for_instance, for_service, instance_headers, match_instance, to_json_object, AttrValue, Peer,
-    Attributes, MAX_VALUE_LEN,
+    baggage_attributes, for_instance, for_service, instance_headers, match_instance,
+    to_json_object, AttrValue, Attributes, Peer, MAX_VALUE_LEN,
 };
 use consul_enricher::trace_context::{Baggage, BaggageError};
 use consul_enricher_fuzz::{assert_clean_value, assert_token, object_members, text_fields};
@@ -45,6 +45,7 @@ fn assert_clean_attributes(attrs: &Attributes) {
         match value {
             AttrValue::Str(s) => assert_eq!(written, s),
             AttrValue::Int(n) => assert_eq!(written, n),
+            AttrValue::List(items) => assert_eq!(written, &serde_json::json!(items)),
         }
     }
 }
@@ -82,7 +83,10 @@ fuzz_target!(|input: &[u8]| {
     for (key, value) in &e.baggage {
         assert_token("baggage key", key);
         // Baggage values are Consul's text; the baggage writer percent-encodes them once.
-        assert!(!value.chars().any(|c| c.is_ascii_control()), "{key}: {value:?}");
+        assert!(
+            !value.chars().any(|c| c.is_ascii_control()),
+            "{key}: {value:?}"
+        );
         assert!(value.len() <= MAX_VALUE_LEN);
     }
     assert_clean_attributes(&e.attributes);
