@@ -333,6 +333,18 @@ pub fn encode_lease(expires_at: u64) -> [u8; 8] {
     expires_at.to_le_bytes()
 }
 
+/// The stored form of the gateway's count of services with an entry.
+pub fn encode_count(count: u32) -> [u8; 4] {
+    count.to_le_bytes()
+}
+
+/// A stored service count; malformed or absent values count as 0.
+pub fn decode_count(value: Option<&[u8]>) -> u32 {
+    value
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
 /// Whether a stored lease value is still held at `now`. Malformed values count as free.
 pub fn lease_held(value: Option<&[u8]>, now: u64) -> bool {
     value
@@ -454,6 +466,13 @@ mod tests {
         let f = Entry::after_failure(Some(e), T0 + 20_000, &c);
         assert_eq!(f.status, EntryStatus::Failed);
         assert_eq!(decide(Some(&f), T0 + 20_001), Lookup::Backoff);
+    }
+
+    #[test]
+    fn service_counts_round_trip_and_malformed_ones_are_zero() {
+        assert_eq!(decode_count(Some(&encode_count(10_000))), 10_000);
+        assert_eq!(decode_count(None), 0);
+        assert_eq!(decode_count(Some(b"abc")), 0);
     }
 
     #[test]

@@ -54,7 +54,8 @@ fn str_attr(attrs: &mut Attributes, key: &str, value: &str) {
     }
 }
 
-fn concat(a: &str, b: &str) -> String {
+/// `a` followed by `b` in one allocation (header names, attribute names).
+pub fn concat(a: &str, b: &str) -> String {
     let mut s = String::with_capacity(a.len() + b.len());
     s.push_str(a);
     s.push_str(b);

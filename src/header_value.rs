@@ -63,47 +63,7 @@ fn is_printable_ascii(b: u8) -> bool {
 ///
 /// A value that is already clean is returned borrowed, without allocating.
 pub fn sanitize(value: &str, max_len: usize) -> Option<Cow<'_, str>> {
-    let trimmed = value.trim_matches(|c: char| c == ' ' || c.is_ascii_control());
-    if trimmed.is_empty() || max_len == 0 {
-        return None;
-    }
-    if trimmed.len() <= max_len && trimmed.bytes().all(is_printable_ascii) {
-        return Some(Cow::Borrowed(trimmed));
-    }
-    let mut out = String::with_capacity(trimmed.len().min(max_len));
-    let mut after_control = false;
-    for c in trimmed.chars() {
-        let control = c.is_ascii_control();
-        if control && after_control {
-            continue;
-        }
-        let encoded_len = if control || c.is_ascii() {
-            1
-        } else {
-            3 * c.len_utf8()
-        };
-        if out.len() + encoded_len > max_len {
-            break;
-        }
-        if control {
-            out.push(' ');
-        } else if c.is_ascii() {
-            out.push(c);
-        } else {
-            let mut utf8 = [0u8; 4];
-            for &byte in c.encode_utf8(&mut utf8).as_bytes() {
-                push_percent_encoded(&mut out, byte);
-            }
-        }
-        after_control = control;
-    }
-    let kept = out.trim_end_matches(' ').len();
-    out.truncate(kept);
-    if out.is_empty() {
-        None
-    } else {
-        Some(Cow::Owned(out))
-    }
+    clean(value, max_len, NonAscii::PercentEncode)
 }
 
 /// Makes untrusted text safe for a span attribute value or a baggage value (which the
@@ -111,11 +71,29 @@ pub fn sanitize(value: &str, max_len: usize) -> Option<Cow<'_, str>> {
 /// every run of ASCII control characters turned into one space, trimmed, and cut to at
 /// most `max_len` bytes on a character boundary. `None` when nothing remains.
 pub fn clean_text(value: &str, max_len: usize) -> Option<Cow<'_, str>> {
+    clean(value, max_len, NonAscii::Keep)
+}
+
+/// What [`clean`] does with a character outside ASCII.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NonAscii {
+    PercentEncode,
+    Keep,
+}
+
+/// The rules [`sanitize`] and [`clean_text`] share: runs of control characters become one
+/// space, surrounding spaces and controls are trimmed, at most `max_len` bytes are kept,
+/// cut before the first character whose output no longer fits whole.
+fn clean(value: &str, max_len: usize, non_ascii: NonAscii) -> Option<Cow<'_, str>> {
     let trimmed = value.trim_matches(|c: char| c == ' ' || c.is_ascii_control());
     if trimmed.is_empty() || max_len == 0 {
         return None;
     }
-    if trimmed.len() <= max_len && !trimmed.bytes().any(|b| b.is_ascii_control()) {
+    let already_clean = match non_ascii {
+        NonAscii::PercentEncode => trimmed.bytes().all(is_printable_ascii),
+        NonAscii::Keep => !trimmed.bytes().any(|b| b.is_ascii_control()),
+    };
+    if trimmed.len() <= max_len && already_clean {
         return Some(Cow::Borrowed(trimmed));
     }
     let mut out = String::with_capacity(trimmed.len().min(max_len));
@@ -125,15 +103,37 @@ pub fn clean_text(value: &str, max_len: usize) -> Option<Cow<'_, str>> {
         if control && after_control {
             continue;
         }
-        if out.len() + c.len_utf8() > max_len {
+        let encode = !c.is_ascii() && non_ascii == NonAscii::PercentEncode;
+        let output_len = if encode {
+            3 * c.len_utf8()
+        } else {
+            c.len_utf8()
+        };
+        if out.len() + output_len > max_len {
             break;
         }
-        out.push(if control { ' ' } else { c });
+        if control {
+            out.push(' ');
+        } else if encode {
+            let mut utf8 = [0u8; 4];
+            for &byte in c.encode_utf8(&mut utf8).as_bytes() {
+                push_percent_encoded(&mut out, byte);
+            }
+        } else {
+            out.push(c);
+        }
         after_control = control;
     }
     let kept = out.trim_end_matches(' ').len();
     out.truncate(kept);
     (!out.is_empty()).then_some(Cow::Owned(out))
+}
+
+/// Whether `text` starts with `prefix`, ASCII case-insensitively (header names, baggage
+/// keys).
+pub fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Longest attribute-name suffix taken from a Consul meta key.

@@ -10,7 +10,8 @@ use super::lookup::MissOutcome;
 use super::{Counter, RequestState, Shared};
 use crate::cache::{decide, Lookup};
 use crate::config::{Config, HostKind};
-use crate::enrich;
+use crate::enrich::{self, concat};
+use crate::header_value::starts_with_ignore_case;
 use crate::service_name::{resolve, NameSources, ServiceTarget};
 use crate::trace_context::baggage::strip_members;
 use crate::trace_context::{Baggage, TraceParent};
@@ -113,18 +114,6 @@ impl Incoming {
         }
         incoming
     }
-}
-
-fn concat(a: &str, b: &str) -> String {
-    let mut s = String::with_capacity(a.len() + b.len());
-    s.push_str(a);
-    s.push_str(b);
-    s
-}
-
-fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
-    text.get(..prefix.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Removes a request header. ngx_wasm_module removes a header by zeroing its hash

@@ -26,7 +26,9 @@ use proxy_wasm::types::{MapType, Status};
 
 use super::host;
 use super::{Call, Counter, Memo, Pending, Shared, WorkerState};
-use crate::cache::{decide, encode_lease, lease_held, Entry, EntryStatus, Lookup};
+use crate::cache::{
+    decide, decode_count, encode_count, encode_lease, lease_held, Entry, EntryStatus, Lookup,
+};
 use crate::config::{Config, ConsulEndpoint, HostKind};
 use crate::consul::{lookup_path, parse_catalog, parse_health, Catalog, CatalogError};
 use crate::enrich::{self, Attributes, Enrichment};
@@ -136,7 +138,7 @@ impl Shared {
         let Ok((value, cas)) = host::shared_get(&key) else {
             return true;
         };
-        let count = value.as_deref().map_or(0, decode_count);
+        let count = decode_count(value.as_deref());
         if count >= self.config.cache.max_services {
             self.metrics.count(Counter::ServicesCapped, 1);
             log::warn!(
@@ -145,7 +147,7 @@ impl Shared {
             );
             return false;
         }
-        if let Err(status) = host::shared_set(&key, &(count + 1).to_le_bytes(), cas) {
+        if let Err(status) = host::shared_set(&key, &encode_count(count + 1), cas) {
             log::debug!("consul-enricher: service count not updated: {status:?}");
         }
         true
@@ -186,8 +188,8 @@ impl Shared {
     fn forget_service(&self) {
         let key = self.config.services_key();
         if let Ok((value, cas)) = host::shared_get(&key) {
-            let count = value.as_deref().map_or(0, decode_count);
-            let _ = host::shared_set(&key, &count.saturating_sub(1).to_le_bytes(), cas);
+            let count = decode_count(value.as_deref());
+            let _ = host::shared_set(&key, &encode_count(count.saturating_sub(1)), cas);
         }
     }
 
@@ -678,14 +680,6 @@ impl Shared {
         req.service = Some(e);
         req.entry = entry;
     }
-}
-
-/// The gateway-wide count of services with an entry, as stored in shared data.
-fn decode_count(bytes: &[u8]) -> u32 {
-    bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
 }
 
 /// What a request that waited for Consul is labelled: a miss when the answer is usable.

@@ -5,7 +5,7 @@
 
 use super::traceparent::lower_hex_value;
 use super::{is_ows, trim_ows};
-use crate::header_value::{is_token, push_percent_encoded};
+use crate::header_value::{is_token, push_percent_encoded, starts_with_ignore_case};
 
 /// The most list-members the filter writes into one `baggage` header.
 pub const MAX_MEMBERS: usize = 64;
@@ -156,10 +156,7 @@ pub fn strip_members(value: &str, prefix: &str) -> (String, usize) {
     let mut removed = 0;
     for member in value.split(',') {
         let key = trim_ows(member.split(['=', ';']).next().unwrap_or_default());
-        let forged = key
-            .get(..prefix.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
-        if forged {
+        if starts_with_ignore_case(key, prefix) {
             removed += 1;
             continue;
         }
