@@ -1,7 +1,9 @@
 //! The filter's own span, exported as OTLP/HTTP JSON (`ExportTraceServiceRequest` in the
 //! proto3 JSON mapping, with hex trace and span ids as OTLP/HTTP requires).
 
-use serde::Serialize;
+use core::fmt;
+
+use serde::{Serialize, Serializer};
 
 use crate::enrich::{AttrValue, Attributes};
 use crate::trace_context::hex_lower;
@@ -36,7 +38,7 @@ pub fn encode_export(service_name: &str, spans: &[SpanRecord]) -> String {
                     name: "consul-enricher",
                     version: env!("CARGO_PKG_VERSION"),
                 },
-                spans: spans.iter().map(Span::from).collect(),
+                spans,
             }],
         }],
     };
@@ -44,8 +46,9 @@ pub fn encode_export(service_name: &str, spans: &[SpanRecord]) -> String {
     serde_json::to_string(&request).unwrap_or_default()
 }
 
-// The OTLP/JSON shape of `ExportTraceServiceRequest`, borrowing from the records. proto3's
-// JSON mapping writes 64-bit integers as decimal strings and names fields in lowerCamelCase.
+// The OTLP/JSON shape of `ExportTraceServiceRequest`, written straight from the records.
+// proto3's JSON mapping names fields in lowerCamelCase and writes 64-bit integers as
+// decimal strings.
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,13 +71,18 @@ struct Resource<'a> {
 #[derive(Serialize)]
 struct ScopeSpans<'a> {
     scope: Scope,
-    spans: Vec<Span<'a>>,
+    #[serde(serialize_with = "otlp_spans")]
+    spans: &'a [SpanRecord],
 }
 
 #[derive(Serialize)]
 struct Scope {
     name: &'static str,
     version: &'static str,
+}
+
+fn otlp_spans<S: Serializer>(spans: &&[SpanRecord], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(spans.iter().map(Span::from))
 }
 
 #[derive(Serialize)]
@@ -86,9 +94,12 @@ struct Span<'a> {
     parent_span_id: Option<String>,
     name: &'a str,
     kind: u8,
-    start_time_unix_nano: String,
-    end_time_unix_nano: String,
-    attributes: Vec<KeyValue<'a>>,
+    #[serde(serialize_with = "decimal_string")]
+    start_time_unix_nano: u64,
+    #[serde(serialize_with = "decimal_string")]
+    end_time_unix_nano: u64,
+    #[serde(serialize_with = "otlp_attributes")]
+    attributes: &'a Attributes,
 }
 
 impl<'a> From<&'a SpanRecord> for Span<'a> {
@@ -99,21 +110,28 @@ impl<'a> From<&'a SpanRecord> for Span<'a> {
             parent_span_id: (s.parent_span_id != [0; 8]).then(|| hex_lower(&s.parent_span_id)),
             name: &s.name,
             kind: SPAN_KIND_CLIENT,
-            start_time_unix_nano: s.start_unix_nanos.to_string(),
-            end_time_unix_nano: s.end_unix_nanos.max(s.start_unix_nanos).to_string(),
-            attributes: s
-                .attributes
-                .iter()
-                .map(|(key, value)| KeyValue {
-                    key,
-                    value: match value {
-                        AttrValue::Str(text) => AnyValue::String(text),
-                        AttrValue::Int(n) => AnyValue::Int(n.to_string()),
-                    },
-                })
-                .collect(),
+            start_time_unix_nano: s.start_unix_nanos,
+            end_time_unix_nano: s.end_unix_nanos.max(s.start_unix_nanos),
+            attributes: &s.attributes,
         }
     }
+}
+
+fn otlp_attributes<S: Serializer>(attrs: &&Attributes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(attrs.iter().map(|(key, value)| KeyValue {
+        key,
+        value: match value {
+            AttrValue::Str(text) => AnyValue::String(text),
+            AttrValue::Int(n) => AnyValue::Int(*n),
+        },
+    }))
+}
+
+fn decimal_string<S: Serializer, T: fmt::Display>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 #[derive(Serialize)]
@@ -127,8 +145,8 @@ struct KeyValue<'a> {
 enum AnyValue<'a> {
     #[serde(rename = "stringValue")]
     String(&'a str),
-    #[serde(rename = "intValue")]
-    Int(String),
+    #[serde(rename = "intValue", serialize_with = "decimal_string")]
+    Int(i64),
 }
 
 /// Span ids for one VM: xorshift64* seeded from the VM's randomness and clock. Ids need to
