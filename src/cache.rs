@@ -53,7 +53,8 @@ impl Lookup {
     /// The `consul.lookup` attribute value.
     pub fn label(self) -> &'static str {
         match self {
-            Lookup::Hit | Lookup::Negative => "hit",
+            Lookup::Hit => "hit",
+            Lookup::Negative => "unknown",
             Lookup::Stale { .. } => "stale",
             Lookup::Backoff => "error",
             Lookup::Miss => "miss",
@@ -461,7 +462,7 @@ mod tests {
         assert_eq!(Lookup::Stale { refresh: false }.label(), "stale");
         assert_eq!(Lookup::Miss.label(), "miss");
         assert_eq!(Lookup::Backoff.label(), "error");
-        assert_eq!(Lookup::Negative.label(), "hit");
+        assert_eq!(Lookup::Negative.label(), "unknown");
     }
 
     #[test]

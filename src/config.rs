@@ -53,6 +53,7 @@ pub struct Config {
     #[serde(deserialize_with = "object")]
     pub baggage: BaggageConfig,
     pub kong_ctx_shared: bool,
+    pub strip_incoming: bool,
     #[serde(deserialize_with = "object")]
     pub spans: SpansConfig,
 }
@@ -69,6 +70,33 @@ pub struct ConsulConfig {
     pub timeout_ms: u32,
     pub max_body_bytes: u32,
     pub max_instances: u32,
+    pub endpoint: ConsulEndpoint,
+    pub cached: bool,
+    pub watch: bool,
+    pub wait_s: u32,
+    pub min_watch_interval_ms: u32,
+}
+
+/// Which Consul API answers a lookup; both answers parse into the same instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsulEndpoint {
+    /// `/v1/catalog/service/<name>`: every registered instance.
+    Catalog,
+    /// `/v1/health/service/<name>?passing`: the instances whose checks all pass.
+    Health,
+}
+
+/// By hand for the same reason as [`HostKind`]'s.
+impl<'de> Deserialize<'de> for ConsulEndpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "catalog" => Ok(ConsulEndpoint::Catalog),
+            "health" => Ok(ConsulEndpoint::Health),
+            other => Err(de::Error::unknown_variant(other, &["catalog", "health"])),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -77,6 +105,7 @@ pub struct ServiceConfig {
     pub name: String,
     pub from_host: bool,
     pub from_cluster: bool,
+    pub from_authority: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -87,6 +116,7 @@ pub struct CacheConfig {
     pub negative_ttl_s: u32,
     pub backoff_s: u32,
     pub max_backoff_s: u32,
+    pub max_services: u32,
     pub shm_namespace: String,
 }
 
@@ -130,6 +160,7 @@ impl Default for Config {
             meta_keys: vec!["version".into(), "region".into()],
             baggage: BaggageConfig::default(),
             kong_ctx_shared: true,
+            strip_incoming: true,
             spans: SpansConfig::default(),
         }
     }
@@ -147,6 +178,11 @@ impl Default for ConsulConfig {
             timeout_ms: 1000,
             max_body_bytes: 1024 * 1024,
             max_instances: 64,
+            endpoint: ConsulEndpoint::Catalog,
+            cached: false,
+            watch: false,
+            wait_s: 60,
+            min_watch_interval_ms: 1000,
         }
     }
 }
@@ -156,7 +192,8 @@ impl Default for ServiceConfig {
         ServiceConfig {
             name: String::new(),
             from_host: true,
-            from_cluster: false,
+            from_cluster: true,
+            from_authority: false,
         }
     }
 }
@@ -169,6 +206,7 @@ impl Default for CacheConfig {
             negative_ttl_s: 10,
             backoff_s: 5,
             max_backoff_s: 60,
+            max_services: 10_000,
             shm_namespace: "consul_enricher".into(),
         }
     }
@@ -292,6 +330,13 @@ impl Config {
         in_range("consul.timeout_ms", c.timeout_ms, 1, 60_000)?;
         in_range("consul.max_body_bytes", c.max_body_bytes, 1024, 16 << 20)?;
         in_range("consul.max_instances", c.max_instances, 1, 1024)?;
+        in_range("consul.wait_s", c.wait_s, 1, 600)?;
+        in_range(
+            "consul.min_watch_interval_ms",
+            c.min_watch_interval_ms,
+            0,
+            3_600_000,
+        )?;
 
         let s = &self.service;
         if !s.name.is_empty() && !is_service_name(&s.name) {
@@ -300,10 +345,10 @@ impl Config {
                 "letters, digits, '-', '_' and '.' only, at most 128",
             ));
         }
-        if s.name.is_empty() && !s.from_host && !s.from_cluster {
+        if s.name.is_empty() && !s.from_host && !s.from_cluster && !s.from_authority {
             return Err(refuse(
                 "service",
-                "no way to find the service: set name, from_host or from_cluster",
+                "no way to find the service: set name, from_host, from_cluster or from_authority",
             ));
         }
 
@@ -313,6 +358,7 @@ impl Config {
         in_range("cache.negative_ttl_s", k.negative_ttl_s, 0, 86_400)?;
         in_range("cache.backoff_s", k.backoff_s, 1, 3_600)?;
         in_range("cache.max_backoff_s", k.max_backoff_s, k.backoff_s, 86_400)?;
+        in_range("cache.max_services", k.max_services, 1, 1_000_000)?;
         if k.shm_namespace.is_empty()
             || k.shm_namespace.len() > 64
             || !k
@@ -384,9 +430,24 @@ impl Config {
         Ok(())
     }
 
+    /// The host the configuration names, when its JSON is readable that far: so that a
+    /// configuration refused for another key can still be handled the way its host needs.
+    pub fn declared_host(bytes: &[u8]) -> Option<HostKind> {
+        #[derive(Deserialize)]
+        struct HostOnly {
+            host: Option<HostKind>,
+        }
+        serde_json::from_slice::<HostOnly>(bytes).ok()?.host
+    }
+
     /// The shared-data key of a service's cache entry.
     pub fn entry_key(&self, service: &str) -> String {
         self.shared_key("svc", service)
+    }
+
+    /// The shared-data key of the gateway's count of services with an entry.
+    pub fn services_key(&self) -> String {
+        self.shared_key("count", "services")
     }
 
     /// The shared-data key of a service's refresh lease.
@@ -529,6 +590,27 @@ mod tests {
         assert_eq!(c.meta_keys, vec!["version", "region"]);
         assert_eq!(c.baggage.read_keys, vec!["ui.component"]);
         assert!(!c.spans.enabled);
+        assert!(c.strip_incoming);
+        assert!(c.service.from_host && c.service.from_cluster);
+        assert!(
+            !c.service.from_authority,
+            "the client's authority is opt-in"
+        );
+        assert_eq!(c.cache.max_services, 10_000);
+        assert_eq!(c.consul.endpoint, ConsulEndpoint::Catalog);
+        assert!(!c.consul.cached && !c.consul.watch);
+        assert_eq!(c.consul.wait_s, 60);
+    }
+
+    #[test]
+    fn the_host_is_read_from_an_otherwise_refused_configuration() {
+        assert_eq!(
+            Config::declared_host(br#"{"host":"envoy","consul":{"timout_ms":5}}"#),
+            Some(HostKind::Envoy)
+        );
+        assert_eq!(Config::declared_host(br#"{"consul":{}}"#), None);
+        assert_eq!(Config::declared_host(b"{not json"), None);
+        assert_eq!(Config::declared_host(br#"{"host":"nginx"}"#), None);
     }
 
     #[test]
@@ -536,12 +618,14 @@ mod tests {
         let c = Config::from_json(
             br#"{"host":"envoy","consul":{"upstream":"consul","authority":"consul.local",
             "datacenter":"dc2","token":"s3cr3t","stale":false,"filter":"ServiceMeta.version != \"\"",
-            "timeout_ms":250,"max_body_bytes":65536,"max_instances":8},
-            "service":{"name":"echo","from_host":false,"from_cluster":true},
-            "cache":{"ttl_s":5,"stale_s":0,"negative_ttl_s":1,"backoff_s":2,"max_backoff_s":4,"shm_namespace":"ce"},
+            "timeout_ms":250,"max_body_bytes":65536,"max_instances":8,"endpoint":"health",
+            "cached":true,"watch":true,"wait_s":30,"min_watch_interval_ms":2000},
+            "service":{"name":"echo","from_host":false,"from_cluster":true,"from_authority":true},
+            "cache":{"ttl_s":5,"stale_s":0,"negative_ttl_s":1,"backoff_s":2,"max_backoff_s":4,
+            "max_services":100,"shm_namespace":"ce"},
             "headers":{"request":false,"response":true,"prefix":"x-svc-"},
             "meta_keys":["version"],"baggage":{"enabled":false,"read_keys":[]},
-            "kong_ctx_shared":false,
+            "kong_ctx_shared":false,"strip_incoming":false,
             "spans":{"enabled":true,"upstream":"otel","authority":"collector","path":"/v1/traces",
             "service_name":"edge","reparent":false,"batch_size":10,"max_queue":20,"flush_ms":500}}"#,
         )
@@ -551,6 +635,9 @@ mod tests {
         assert_eq!(c.service.name, "echo");
         assert_eq!(c.cache.shm_namespace, "ce");
         assert_eq!(c.spans.batch_size, 10);
+        assert_eq!(c.consul.endpoint, ConsulEndpoint::Health);
+        assert!(c.consul.watch && c.consul.cached && !c.strip_incoming);
+        assert_eq!(c.cache.max_services, 100);
         assert_eq!(c.entry_key("echo"), "ce/svc:echo");
         assert_eq!(c.lease_key("echo"), "ce/lease:echo");
     }
@@ -738,7 +825,10 @@ mod tests {
             (r#"{"consul":{"token":"a\r\nX-Evil: 1"}}"#, "consul.token"),
             (r#"{"consul":{"filter":"a\nb"}}"#, "consul.filter"),
             (r#"{"service":{"name":"a/b"}}"#, "service.name"),
-            (r#"{"service":{"from_host":false}}"#, "service"),
+            (
+                r#"{"service":{"from_host":false,"from_cluster":false}}"#,
+                "service",
+            ),
             (
                 r#"{"cache":{"shm_namespace":"a/b"}}"#,
                 "cache.shm_namespace",

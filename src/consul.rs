@@ -17,7 +17,7 @@ use serde::de::{
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::ConsulConfig;
+use crate::config::{ConsulConfig, ConsulEndpoint};
 use crate::object::from_object;
 
 /// Longest string kept from Consul (ids, addresses, meta values); longer ones are cut.
@@ -554,31 +554,52 @@ impl<'de, E: DeserializeOwned + Into<Instance>> Visitor<'de> for Entries<E> {
     }
 }
 
-/// The request path for `GET /v1/catalog/service/<service>` with the configured query.
-///
-/// `datacenter` overrides `consul.datacenter` (it comes from a `<name>.service.<dc>.consul`
-/// host). The service name is already restricted to URL-safe characters.
-pub fn catalog_path(service: &str, datacenter: Option<&str>, config: &ConsulConfig) -> String {
-    let mut path = String::with_capacity(64 + service.len() + config.filter.len() * 3);
-    path.push_str("/v1/catalog/service/");
-    path.push_str(service);
+/// The path of a lookup of `service` in datacenter `dc` (empty: the agent's own):
+/// `/v1/catalog/service/<name>` or, with `consul.endpoint` "health",
+/// `/v1/health/service/<name>?passing`; `stale`, `cached` (agent caching) and `filter` as
+/// configured; with `watch_from`, a blocking query (`index`, `wait`) from that index.
+pub fn lookup_path(
+    service: &str,
+    dc: &str,
+    config: &ConsulConfig,
+    watch_from: Option<u64>,
+) -> String {
+    let mut path = String::with_capacity(96 + service.len() + config.filter.len() * 3);
     let mut sep = '?';
-    let dc = datacenter.unwrap_or(&config.datacenter);
-    if !dc.is_empty() {
+    let mut param = |path: &mut String, name: &str, value: Option<&str>| {
         path.push(sep);
-        path.push_str("dc=");
-        path.push_str(dc);
+        path.push_str(name);
+        if let Some(value) = value {
+            path.push('=');
+            path.push_str(value);
+        }
         sep = '&';
+    };
+    match config.endpoint {
+        ConsulEndpoint::Catalog => path.push_str("/v1/catalog/service/"),
+        ConsulEndpoint::Health => path.push_str("/v1/health/service/"),
+    }
+    path.push_str(service);
+    if config.endpoint == ConsulEndpoint::Health {
+        param(&mut path, "passing", None);
+    }
+    if !dc.is_empty() {
+        param(&mut path, "dc", Some(dc));
     }
     if config.stale {
-        path.push(sep);
-        path.push_str("stale");
-        sep = '&';
+        param(&mut path, "stale", None);
+    }
+    if config.cached {
+        param(&mut path, "cached", None);
+    }
+    if let Some(index) = watch_from {
+        param(&mut path, "index", Some(&index.to_string()));
+        param(&mut path, "wait", Some(&format!("{}s", config.wait_s)));
     }
     if !config.filter.is_empty() {
-        path.push(sep);
-        path.push_str("filter=");
-        percent_encode_query(&config.filter, &mut path);
+        let mut encoded = String::with_capacity(config.filter.len() * 3);
+        percent_encode_query(&config.filter, &mut encoded);
+        param(&mut path, "filter", Some(&encoded));
     }
     path
 }
@@ -993,26 +1014,39 @@ mod tests {
     fn path_carries_dc_stale_and_filter() {
         let mut c = cfg();
         assert_eq!(
-            catalog_path("echo", None, &c),
+            lookup_path("echo", "", &c, None),
             "/v1/catalog/service/echo?stale"
         );
-        c.datacenter = "dc1".into();
         assert_eq!(
-            catalog_path("echo", None, &c),
-            "/v1/catalog/service/echo?dc=dc1&stale"
-        );
-        assert_eq!(
-            catalog_path("echo", Some("dc2"), &c),
+            lookup_path("echo", "dc2", &c, None),
             "/v1/catalog/service/echo?dc=dc2&stale"
         );
         c.stale = false;
         c.filter = "ServiceMeta.version == \"2\"".into();
         assert_eq!(
-            catalog_path("echo", None, &c),
+            lookup_path("echo", "dc1", &c, None),
             "/v1/catalog/service/echo?dc=dc1&filter=ServiceMeta.version%20%3D%3D%20%222%22"
         );
-        c.datacenter.clear();
         c.filter.clear();
-        assert_eq!(catalog_path("echo", None, &c), "/v1/catalog/service/echo");
+        assert_eq!(
+            lookup_path("echo", "", &c, None),
+            "/v1/catalog/service/echo"
+        );
+    }
+
+    #[test]
+    fn path_of_health_cached_and_blocking_queries() {
+        let mut c = cfg();
+        c.endpoint = ConsulEndpoint::Health;
+        c.cached = true;
+        c.wait_s = 30;
+        assert_eq!(
+            lookup_path("echo", "", &c, None),
+            "/v1/health/service/echo?passing&stale&cached"
+        );
+        assert_eq!(
+            lookup_path("echo", "dc1", &c, Some(42)),
+            "/v1/health/service/echo?passing&dc=dc1&stale&cached&index=42&wait=30s"
+        );
     }
 }

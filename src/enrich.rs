@@ -3,12 +3,14 @@
 //! response headers, once the host says which upstream address it used).
 //!
 //! Everything that came from Consul is untrusted: it passes through
-//! [`header_value::sanitize`] before it reaches a header, a baggage member or an attribute.
+//! [`header_value::sanitize`] before it reaches a header, and [`header_value::clean_text`]
+//! before it reaches a baggage member or an attribute; meta keys pass through
+//! [`header_value::attribute_key`] before they become part of an attribute name.
 
 use crate::cache::Lookup;
 use crate::config::Config;
 use crate::consul::Instance;
-use crate::header_value::sanitize;
+use crate::header_value::{attribute_key, clean_text, sanitize};
 use crate::trace_context::Baggage;
 
 /// Longest value the filter writes into one header, baggage member or attribute.
@@ -20,6 +22,19 @@ const MAX_META_ATTRIBUTES: usize = 32;
 pub enum AttrValue {
     Str(String),
     Int(i64),
+    /// A string array (OpenTelemetry's `consul.service.tags`-like lists).
+    List(Vec<String>),
+}
+
+impl AttrValue {
+    /// The value as text, a list joined by `,` (for hosts whose tags are strings).
+    pub fn to_text(&self) -> String {
+        match self {
+            AttrValue::Str(text) => text.clone(),
+            AttrValue::Int(n) => n.to_string(),
+            AttrValue::List(items) => items.join(","),
+        }
+    }
 }
 
 /// Span attributes in the order they were added.
@@ -34,7 +49,7 @@ pub struct Enrichment {
 }
 
 fn str_attr(attrs: &mut Attributes, key: &str, value: &str) {
-    if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+    if let Some(v) = clean_text(value, MAX_VALUE_LEN) {
         attrs.push((key.to_string(), AttrValue::Str(v.into_owned())));
     }
 }
@@ -87,16 +102,17 @@ pub fn for_service(
         "consul.lookup".to_string(),
         AttrValue::Str(lookup.label().to_string()),
     ));
-    if instances.is_empty() {
-        return e;
-    }
-
     let prefix = &config.headers.prefix;
     let mut header = |name: &str, value: &str| {
         if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
             e.headers.push((concat(prefix, name), v.into_owned()));
         }
     };
+    if instances.is_empty() {
+        // Nothing usable: the upstream learns only why (`error` or `unknown`).
+        header("lookup", lookup.label());
+        return e;
+    }
     header("service", service);
     let datacenters = value_set(instances, |i| Some(&i.datacenter));
     if let Some(dc) = &datacenters {
@@ -115,7 +131,7 @@ pub fn for_service(
 
     if config.baggage.enabled {
         let mut member = |key: String, value: &str| {
-            if let Some(v) = sanitize(value, MAX_VALUE_LEN) {
+            if let Some(v) = clean_text(value, MAX_VALUE_LEN) {
                 e.baggage.push((key, v.into_owned()));
             }
         };
@@ -138,8 +154,12 @@ pub fn for_service(
     all_keys.sort_unstable();
     all_keys.dedup();
     for k in all_keys.into_iter().take(MAX_META_ATTRIBUTES) {
-        if let Some(v) = value_set(instances, |i| i.meta.get(k)) {
-            str_attr(&mut e.attributes, &concat("consul.service.meta.", k), &v);
+        if let (Some(name), Some(v)) = (attribute_key(k), value_set(instances, |i| i.meta.get(k))) {
+            str_attr(
+                &mut e.attributes,
+                &concat("consul.service.meta.", &name),
+                &v,
+            );
         }
     }
     e
@@ -157,37 +177,63 @@ pub fn baggage_attributes(baggage: &Baggage, read_keys: &[String]) -> Attributes
     attrs
 }
 
-/// A socket address as the host reports `upstream.address`: `ip:port` or `[ipv6]:port`.
-pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
-    let (host, port) = address.trim().rsplit_once(':')?;
-    let host = host
+/// The upstream peer the gateway connected to, its address in canonical form so that
+/// it compares with Consul's as an address: IPv6 without brackets or zone and with `::`
+/// compression (`std::net::Ipv6Addr`'s display, RFC 5952), hostnames lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Peer {
+    /// From the host's `upstream.address`: Envoy reports `ip:port` (IPv6 in brackets);
+    /// ngx_wasm_module reports the address alone and the port in `upstream.port`
+    /// (`src/common/proxy_wasm/ngx_proxy_wasm_properties.c`, `get_upstream_address` cuts
+    /// the peer name at its last `:`).
+    pub fn parse(address: &str, port: Option<&str>) -> Option<Peer> {
+        let address = address.trim();
+        let (host, port) = match port {
+            Some(port) => (address, port.trim()),
+            None => address.rsplit_once(':')?,
+        };
+        let port = port.parse().ok()?;
+        let address = canonical_host(host)?;
+        Some(Peer { address, port })
+    }
+}
+
+/// An address as text in one canonical form (see [`Peer`]); None when empty.
+pub fn canonical_host(host: &str) -> Option<String> {
+    let host = host.trim();
+    let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then_some((host, port))
+    let zone_free = bare.split_once('%').map_or(bare, |(ip, _)| ip);
+    if let Ok(ip) = zone_free.parse::<std::net::IpAddr>() {
+        return Some(ip.to_string());
+    }
+    (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
 }
 
 /// The instance the gateway actually connected to.
-pub fn match_instance<'a>(
-    instances: &'a [Instance],
-    upstream_address: &str,
-) -> Option<&'a Instance> {
-    let (host, port) = split_host_port(upstream_address)?;
-    instances
-        .iter()
-        .find(|i| i.service_port == port && i.address().eq_ignore_ascii_case(host))
+pub fn match_instance<'a>(instances: &'a [Instance], peer: &Peer) -> Option<&'a Instance> {
+    instances.iter().find(|i| {
+        i.service_port == peer.port
+            && canonical_host(i.address()).is_some_and(|a| a == peer.address)
+    })
 }
 
 /// Attributes of the instance used, plus the peer address the host reported. They replace
 /// the service-level `consul.*` values of the same name.
-pub fn for_instance(instance: Option<&Instance>, upstream_address: Option<&str>) -> Attributes {
+pub fn for_instance(instance: Option<&Instance>, peer: Option<&Peer>) -> Attributes {
     let mut attrs = Attributes::new();
-    if let Some((host, port)) = upstream_address.and_then(split_host_port) {
-        str_attr(&mut attrs, "network.peer.address", host);
+    if let Some(peer) = peer {
+        str_attr(&mut attrs, "network.peer.address", &peer.address);
         attrs.push((
             "network.peer.port".to_string(),
-            AttrValue::Int(i64::from(port)),
+            AttrValue::Int(i64::from(peer.port)),
         ));
     }
     let Some(i) = instance else {
@@ -202,13 +248,22 @@ pub fn for_instance(instance: Option<&Instance>, upstream_address: Option<&str>)
     str_attr(&mut attrs, "consul.node", &i.node);
     str_attr(&mut attrs, "consul.datacenter", &i.datacenter);
     if !i.tags.is_empty() {
-        str_attr(&mut attrs, "consul.service.tags", &i.tags.join(","));
+        let tags: Vec<String> = i
+            .tags
+            .iter()
+            .filter_map(|t| clean_text(t, MAX_VALUE_LEN).map(|t| t.into_owned()))
+            .collect();
+        attrs.push(("consul.service.tags".to_string(), AttrValue::List(tags)));
     }
     for (k, v) in i.meta.iter().take(MAX_META_ATTRIBUTES) {
-        str_attr(&mut attrs, &concat("consul.service.meta.", k), v);
+        if let Some(name) = attribute_key(k) {
+            str_attr(&mut attrs, &concat("consul.service.meta.", &name), v);
+        }
     }
     for (k, v) in i.node_meta.iter().take(MAX_META_ATTRIBUTES) {
-        str_attr(&mut attrs, &concat("consul.node.meta.", k), v);
+        if let Some(name) = attribute_key(k) {
+            str_attr(&mut attrs, &concat("consul.node.meta.", &name), v);
+        }
     }
     attrs
 }
@@ -254,6 +309,7 @@ impl serde::Serialize for AttributeObject<'_> {
             match value {
                 AttrValue::Str(text) => object.serialize_entry(key, text)?,
                 AttrValue::Int(n) => object.serialize_entry(key, n)?,
+                AttrValue::List(items) => object.serialize_entry(key, items)?,
             }
         }
         object.end()
@@ -345,13 +401,19 @@ mod tests {
     }
 
     #[test]
-    fn nothing_usable_adds_only_attributes() {
+    fn nothing_usable_says_only_why() {
         let cfg = Config::default();
         let caller = Baggage::parse("ui.component=checkout-form,other=1").expect("valid");
         let e = for_service(&cfg, "echo", &[], Lookup::Backoff);
-        assert!(e.headers.is_empty());
+        assert_eq!(
+            e.headers,
+            vec![("x-consul-lookup".to_string(), "error".to_string())]
+        );
         assert!(e.baggage.is_empty());
         assert_eq!(attr(&e.attributes, "consul.lookup"), Some(&s("error")));
+        let unknown = for_service(&cfg, "echo", &[], Lookup::Negative);
+        assert_eq!(header(&unknown, "x-consul-lookup"), Some("unknown"));
+        assert_eq!(unknown.headers.len(), 1);
         assert_eq!(
             attr(
                 &baggage_attributes(&caller, &cfg.baggage.read_keys),
@@ -403,12 +465,20 @@ mod tests {
             assert!(v.bytes().all(|b| b >= 0x20 && b != 0x7f), "{n}: {v:?}");
             assert!(v.len() <= MAX_VALUE_LEN);
         }
-        let attrs = for_instance(Some(&evil), Some("10.0.0.1:80"));
+        let attrs = for_instance(Some(&evil), peer("10.0.0.1:80").as_ref());
         for (_, v) in &attrs {
             if let AttrValue::Str(v) = v {
                 assert!(!v.contains('\r') && !v.contains('\n') && !v.contains('\0'));
             }
         }
+    }
+
+    fn peer(address: &str) -> Option<Peer> {
+        Peer::parse(address, None)
+    }
+
+    fn matched(instances: &[Instance], peer: Option<Peer>) -> Option<&str> {
+        match_instance(instances, &peer?).map(|i| i.service_id.as_str())
     }
 
     #[test]
@@ -418,28 +488,46 @@ mod tests {
             instance("b", "10.0.0.2", 8080, "2.0", "us"),
             instance("c", "", 9090, "3.0", "ap"),
         ];
+        assert_eq!(matched(&inst, peer("10.0.0.2:8080")), Some("b"));
+        assert_eq!(matched(&inst, peer("10.9.9.9:9090")), Some("c"));
+        assert_eq!(matched(&inst, peer("10.0.0.2:9999")), None);
+        assert_eq!(peer("garbage"), None);
+        assert_eq!(peer(""), None);
+        assert_eq!(peer("10.0.0.2:"), None);
+    }
+
+    #[test]
+    fn kong_reports_the_port_apart() {
+        let inst = [instance("b", "10.0.0.2", 8080, "2.0", "us")];
+        let kong = Peer::parse("10.0.0.2", Some("8080"));
+        assert_eq!(matched(&inst, kong), Some("b"));
+        assert_eq!(matched(&inst, Peer::parse("10.0.0.2", Some("80"))), None);
+        assert_eq!(Peer::parse("10.0.0.2", Some("x")), None);
+    }
+
+    #[test]
+    fn ipv6_compares_as_an_address() {
+        let long_form = [instance("d", "2001:db8:0:0:0:0:0:1", 5000, "1", "x")];
+        assert_eq!(matched(&long_form, peer("[2001:db8::1]:5000")), Some("d"));
         assert_eq!(
-            match_instance(&inst, "10.0.0.2:8080").map(|i| i.service_id.as_str()),
-            Some("b")
-        );
-        assert_eq!(
-            match_instance(&inst, "10.9.9.9:9090").map(|i| i.service_id.as_str()),
-            Some("c")
-        );
-        assert_eq!(match_instance(&inst, "10.0.0.2:9999"), None);
-        assert_eq!(match_instance(&inst, "garbage"), None);
-        assert_eq!(match_instance(&inst, ""), None);
-        let v6 = [instance("d", "::1", 80, "1", "x")];
-        assert_eq!(
-            match_instance(&v6, "[::1]:80").map(|i| i.service_id.as_str()),
+            matched(&long_form, Peer::parse("[2001:db8::1]", Some("5000"))),
             Some("d")
+        );
+        let short = [instance("e", "::1", 80, "1", "x")];
+        assert_eq!(matched(&short, peer("[::1]:80")), Some("e"));
+        assert_eq!(matched(&short, peer("[0:0::1%eth0]:80")), Some("e"));
+        let upper = [instance("f", "2001:DB8::A", 80, "1", "x")];
+        assert_eq!(matched(&upper, peer("[2001:db8::a]:80")), Some("f"));
+        assert_eq!(
+            peer("[2001:db8::1]:5000").map(|p| p.address),
+            Some("2001:db8::1".to_string())
         );
     }
 
     #[test]
     fn instance_attributes() {
         let i = instance("b", "10.0.0.2", 8080, "2.0", "us");
-        let a = for_instance(Some(&i), Some("10.0.0.2:8080"));
+        let a = for_instance(Some(&i), peer("10.0.0.2:8080").as_ref());
         assert_eq!(attr(&a, "server.address"), Some(&s("10.0.0.2")));
         assert_eq!(attr(&a, "server.port"), Some(&AttrValue::Int(8080)));
         assert_eq!(attr(&a, "network.peer.address"), Some(&s("10.0.0.2")));
@@ -447,10 +535,13 @@ mod tests {
         assert_eq!(attr(&a, "consul.service.id"), Some(&s("b")));
         assert_eq!(attr(&a, "consul.node"), Some(&s("node-b")));
         assert_eq!(attr(&a, "consul.datacenter"), Some(&s("dc1")));
-        assert_eq!(attr(&a, "consul.service.tags"), Some(&s("http,blue")));
+        assert_eq!(
+            attr(&a, "consul.service.tags"),
+            Some(&AttrValue::List(vec!["http".into(), "blue".into()]))
+        );
         assert_eq!(attr(&a, "consul.service.meta.version"), Some(&s("2.0")));
         assert_eq!(attr(&a, "consul.service.meta.region"), Some(&s("us")));
-        let unmatched = for_instance(None, Some("10.1.1.1:1"));
+        let unmatched = for_instance(None, peer("10.1.1.1:1").as_ref());
         assert_eq!(unmatched.len(), 2);
         assert!(for_instance(None, None).is_empty());
     }

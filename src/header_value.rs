@@ -1,6 +1,7 @@
-//! Untrusted text (Consul names, tags, meta values) made safe for HTTP header values,
-//! W3C baggage members and span attributes, and the RFC 9110 `token` check for header
-//! names and baggage keys.
+//! Untrusted text (Consul names, tags, meta values) made safe for HTTP header values
+//! ([`sanitize`]: printable ASCII), for baggage values and span attributes
+//! ([`clean_text`]: the text itself, without control characters), and for attribute names
+//! ([`attribute_key`]); and the RFC 9110 `token` check for header names and baggage keys.
 
 use std::borrow::Cow;
 
@@ -103,6 +104,58 @@ pub fn sanitize(value: &str, max_len: usize) -> Option<Cow<'_, str>> {
     } else {
         Some(Cow::Owned(out))
     }
+}
+
+/// Makes untrusted text safe for a span attribute value or a baggage value (which the
+/// baggage writer percent-encodes once, by the W3C rules): the same text, UTF-8 kept, with
+/// every run of ASCII control characters turned into one space, trimmed, and cut to at
+/// most `max_len` bytes on a character boundary. `None` when nothing remains.
+pub fn clean_text(value: &str, max_len: usize) -> Option<Cow<'_, str>> {
+    let trimmed = value.trim_matches(|c: char| c == ' ' || c.is_ascii_control());
+    if trimmed.is_empty() || max_len == 0 {
+        return None;
+    }
+    if trimmed.len() <= max_len && !trimmed.bytes().any(|b| b.is_ascii_control()) {
+        return Some(Cow::Borrowed(trimmed));
+    }
+    let mut out = String::with_capacity(trimmed.len().min(max_len));
+    let mut after_control = false;
+    for c in trimmed.chars() {
+        let control = c.is_ascii_control();
+        if control && after_control {
+            continue;
+        }
+        if out.len() + c.len_utf8() > max_len {
+            break;
+        }
+        out.push(if control { ' ' } else { c });
+        after_control = control;
+    }
+    let kept = out.trim_end_matches(' ').len();
+    out.truncate(kept);
+    (!out.is_empty()).then_some(Cow::Owned(out))
+}
+
+/// Longest attribute-name suffix taken from a Consul meta key.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// A Consul meta key made into part of an attribute name: ASCII letters, digits, `_`, `-`
+/// and `.` are kept, every other character becomes `_`, at most [`MAX_KEY_LEN`]
+/// characters. `None` for an empty key.
+pub fn attribute_key(key: &str) -> Option<Cow<'_, str>> {
+    let keep = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if key.is_empty() {
+        return None;
+    }
+    if key.len() <= MAX_KEY_LEN && key.chars().all(keep) {
+        return Some(Cow::Borrowed(key));
+    }
+    let out: String = key
+        .chars()
+        .take(MAX_KEY_LEN)
+        .map(|c| if keep(c) { c } else { '_' })
+        .collect();
+    Some(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -224,5 +277,29 @@ mod tests {
             push_percent_encoded(&mut out, b);
         }
         assert_eq!(out, "%00%0F%7F%AB%FF");
+    }
+
+    #[test]
+    fn clean_text_keeps_utf8_and_drops_controls() {
+        let text = |v: &str, max| clean_text(v, max).map(Cow::into_owned);
+        assert_eq!(text("Zürich", 256).as_deref(), Some("Zürich"));
+        assert!(matches!(clean_text("eu-west", 256), Some(Cow::Borrowed(_))));
+        assert_eq!(text(" a\r\n\tb\0 ", 256).as_deref(), Some("a b"));
+        assert_eq!(text("\r\n", 256), None);
+        assert_eq!(text("", 256), None);
+        // Cut on a character boundary: "ü" is two bytes.
+        assert_eq!(text("aü", 2).as_deref(), Some("a"));
+        assert_eq!(text(&"é".repeat(200), 256).map(|t| t.len()), Some(256));
+    }
+
+    #[test]
+    fn attribute_keys_use_a_small_alphabet() {
+        let key = |k: &str| attribute_key(k).map(Cow::into_owned);
+        assert_eq!(key("version").as_deref(), Some("version"));
+        assert_eq!(key("build.sha-1_x").as_deref(), Some("build.sha-1_x"));
+        assert_eq!(key("a b\r\nc").as_deref(), Some("a_b__c"));
+        assert_eq!(key("zürich").as_deref(), Some("z_rich"));
+        assert_eq!(key(""), None);
+        assert_eq!(key(&"k".repeat(100)).map(|k| k.len()), Some(MAX_KEY_LEN));
     }
 }

@@ -1,8 +1,9 @@
 //! Which Consul service a request goes to.
 //!
-//! Sources, in order: a static name from the configuration; a host of the form
-//! `[<tag>.]<name>.service[.<dc>].consul` (Consul's DNS naming) taken from Kong's upstream
-//! host or from `:authority`; Envoy's cluster name.
+//! Sources, in order: a static name from the configuration; what the operator configured as
+//! the gateway's upstream — Kong's service host (a `[<tag>.]<name>.service[.<dc>].consul`
+//! name, Consul's DNS naming) or Envoy's cluster name; and only when the operator opts in,
+//! the request's `:authority`, which the client chooses.
 
 use crate::config::{is_service_name, ServiceConfig};
 
@@ -11,6 +12,27 @@ use crate::config::{is_service_name, ServiceConfig};
 pub struct ServiceTarget {
     pub name: String,
     pub datacenter: Option<String>,
+}
+
+impl ServiceTarget {
+    /// The datacenter asked for: the one the host names, else the configured one (empty:
+    /// the Consul agent's own).
+    pub fn datacenter_or<'a>(&'a self, configured: &'a str) -> &'a str {
+        self.datacenter.as_deref().unwrap_or(configured)
+    }
+
+    /// What the cache knows this target by: the service and its datacenter, so that
+    /// answers of different datacenters never mix.
+    pub fn cache_id(&self, configured_datacenter: &str) -> String {
+        let dc = self.datacenter_or(configured_datacenter);
+        let mut id = String::with_capacity(self.name.len() + 1 + dc.len());
+        id.push_str(&self.name);
+        if !dc.is_empty() {
+            id.push('@');
+            id.push_str(dc);
+        }
+        id
+    }
 }
 
 /// Parses a Consul DNS name, e.g. `echo.service.consul`, `v2.echo.service.dc1.consul:8080`.
@@ -48,15 +70,16 @@ fn strip_port(host: &str) -> &str {
 /// Where the request's candidate names come from; each is what the host reported.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NameSources<'a> {
-    /// Kong: the service host the request is proxied to (`ngx.upstream_host`).
+    /// Kong: the host of the Kong service the route proxies to.
     pub upstream_host: Option<&'a str>,
-    /// The request's `:authority`.
-    pub authority: Option<&'a str>,
     /// Envoy: the route's cluster (`xds.cluster_name`).
     pub cluster: Option<&'a str>,
+    /// The request's `:authority` (client-controlled).
+    pub authority: Option<&'a str>,
 }
 
-/// Decides the service for a request, or None when no source names one.
+/// Decides the service for a request, or None when no source names one. The gateway's
+/// own upstream comes before anything the client sent.
 pub fn resolve(config: &ServiceConfig, sources: NameSources<'_>) -> Option<ServiceTarget> {
     if !config.name.is_empty() {
         return Some(ServiceTarget {
@@ -64,26 +87,30 @@ pub fn resolve(config: &ServiceConfig, sources: NameSources<'_>) -> Option<Servi
             datacenter: None,
         });
     }
-    if config.from_host {
-        let found = sources
-            .upstream_host
+    let from_upstream_host = config
+        .from_host
+        .then_some(sources.upstream_host)
+        .flatten()
+        .and_then(from_consul_host);
+    let from_cluster = || {
+        let cluster = config.from_cluster.then_some(sources.cluster).flatten()?;
+        from_consul_host(cluster).or_else(|| {
+            is_service_name(cluster).then(|| ServiceTarget {
+                name: cluster.to_string(),
+                datacenter: None,
+            })
+        })
+    };
+    let from_authority = || {
+        config
+            .from_authority
+            .then_some(sources.authority)
+            .flatten()
             .and_then(from_consul_host)
-            .or_else(|| sources.authority.and_then(from_consul_host));
-        if found.is_some() {
-            return found;
-        }
-    }
-    if config.from_cluster {
-        if let Some(cluster) = sources.cluster {
-            return from_consul_host(cluster).or_else(|| {
-                is_service_name(cluster).then(|| ServiceTarget {
-                    name: cluster.to_string(),
-                    datacenter: None,
-                })
-            });
-        }
-    }
-    None
+    };
+    from_upstream_host
+        .or_else(from_cluster)
+        .or_else(from_authority)
 }
 
 #[cfg(test)]
@@ -165,27 +192,44 @@ mod tests {
     }
 
     #[test]
-    fn upstream_host_before_authority() {
-        let config = ServiceConfig::default();
+    fn the_gateways_upstream_before_the_clients_authority() {
+        let config = ServiceConfig {
+            from_authority: true,
+            ..ServiceConfig::default()
+        };
         let sources = NameSources {
             upstream_host: Some("echo.service.consul"),
-            authority: Some("web.service.consul"),
+            authority: Some("billing.service.consul"),
             cluster: None,
         };
         assert_eq!(resolve(&config, sources), target("echo", None));
-        let sources = NameSources {
+        let cluster = NameSources {
+            cluster: Some("echo"),
+            authority: Some("billing.service.consul"),
+            ..NameSources::default()
+        };
+        assert_eq!(resolve(&config, cluster), target("echo", None));
+        let only_authority = NameSources {
             upstream_host: Some("10.0.0.1"),
             authority: Some("web.service.dc2.consul"),
             cluster: None,
         };
-        assert_eq!(resolve(&config, sources), target("web", Some("dc2")));
+        assert_eq!(resolve(&config, only_authority), target("web", Some("dc2")));
     }
 
     #[test]
-    fn cluster_name_when_enabled() {
+    fn the_clients_authority_is_ignored_by_default() {
+        let sources = NameSources {
+            authority: Some("billing.service.consul"),
+            ..NameSources::default()
+        };
+        assert_eq!(resolve(&ServiceConfig::default(), sources), None);
+    }
+
+    #[test]
+    fn cluster_names() {
         let mut config = ServiceConfig {
             from_host: false,
-            from_cluster: true,
             ..ServiceConfig::default()
         };
         let sources = NameSources {
@@ -206,6 +250,22 @@ mod tests {
         assert_eq!(resolve(&config, bad), None);
         config.from_cluster = false;
         assert_eq!(resolve(&config, sources), None);
+    }
+
+    #[test]
+    fn cache_ids_keep_datacenters_apart() {
+        let plain = ServiceTarget {
+            name: "echo".into(),
+            datacenter: None,
+        };
+        let dc2 = ServiceTarget {
+            name: "echo".into(),
+            datacenter: Some("dc2".into()),
+        };
+        assert_eq!(plain.cache_id(""), "echo");
+        assert_eq!(plain.cache_id("dc1"), "echo@dc1");
+        assert_eq!(dc2.cache_id("dc1"), "echo@dc2");
+        assert_ne!(plain.cache_id(""), dc2.cache_id(""));
     }
 
     #[test]

@@ -1,9 +1,7 @@
 //! The filter's own span, exported as OTLP/HTTP JSON (`ExportTraceServiceRequest` in the
 //! proto3 JSON mapping, with hex trace and span ids as OTLP/HTTP requires).
 
-use core::fmt;
-
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::enrich::{AttrValue, Attributes};
 use crate::trace_context::hex_lower;
@@ -38,7 +36,7 @@ pub fn encode_export(service_name: &str, spans: &[SpanRecord]) -> String {
                     name: "consul-enricher",
                     version: env!("CARGO_PKG_VERSION"),
                 },
-                spans,
+                spans: spans.iter().map(Span::from).collect(),
             }],
         }],
     };
@@ -46,9 +44,8 @@ pub fn encode_export(service_name: &str, spans: &[SpanRecord]) -> String {
     serde_json::to_string(&request).unwrap_or_default()
 }
 
-// The OTLP/JSON shape of `ExportTraceServiceRequest`, written straight from the records.
-// proto3's JSON mapping names fields in lowerCamelCase and writes 64-bit integers as
-// decimal strings.
+// The OTLP/JSON shape of `ExportTraceServiceRequest`, borrowing from the records. proto3's
+// JSON mapping writes 64-bit integers as decimal strings and names fields in lowerCamelCase.
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -71,18 +68,13 @@ struct Resource<'a> {
 #[derive(Serialize)]
 struct ScopeSpans<'a> {
     scope: Scope,
-    #[serde(serialize_with = "otlp_spans")]
-    spans: &'a [SpanRecord],
+    spans: Vec<Span<'a>>,
 }
 
 #[derive(Serialize)]
 struct Scope {
     name: &'static str,
     version: &'static str,
-}
-
-fn otlp_spans<S: Serializer>(spans: &&[SpanRecord], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(spans.iter().map(Span::from))
 }
 
 #[derive(Serialize)]
@@ -94,12 +86,9 @@ struct Span<'a> {
     parent_span_id: Option<String>,
     name: &'a str,
     kind: u8,
-    #[serde(serialize_with = "decimal_string")]
-    start_time_unix_nano: u64,
-    #[serde(serialize_with = "decimal_string")]
-    end_time_unix_nano: u64,
-    #[serde(serialize_with = "otlp_attributes")]
-    attributes: &'a Attributes,
+    start_time_unix_nano: String,
+    end_time_unix_nano: String,
+    attributes: Vec<KeyValue<'a>>,
 }
 
 impl<'a> From<&'a SpanRecord> for Span<'a> {
@@ -110,28 +99,24 @@ impl<'a> From<&'a SpanRecord> for Span<'a> {
             parent_span_id: (s.parent_span_id != [0; 8]).then(|| hex_lower(&s.parent_span_id)),
             name: &s.name,
             kind: SPAN_KIND_CLIENT,
-            start_time_unix_nano: s.start_unix_nanos,
-            end_time_unix_nano: s.end_unix_nanos.max(s.start_unix_nanos),
-            attributes: &s.attributes,
+            start_time_unix_nano: s.start_unix_nanos.to_string(),
+            end_time_unix_nano: s.end_unix_nanos.max(s.start_unix_nanos).to_string(),
+            attributes: s
+                .attributes
+                .iter()
+                .map(|(key, value)| KeyValue {
+                    key,
+                    value: match value {
+                        AttrValue::Str(text) => AnyValue::String(text),
+                        AttrValue::Int(n) => AnyValue::Int(n.to_string()),
+                        AttrValue::List(items) => AnyValue::Array(ArrayValue {
+                            values: items.iter().map(|i| AnyValue::String(i)).collect(),
+                        }),
+                    },
+                })
+                .collect(),
         }
     }
-}
-
-fn otlp_attributes<S: Serializer>(attrs: &&Attributes, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(attrs.iter().map(|(key, value)| KeyValue {
-        key,
-        value: match value {
-            AttrValue::Str(text) => AnyValue::String(text),
-            AttrValue::Int(n) => AnyValue::Int(*n),
-        },
-    }))
-}
-
-fn decimal_string<S: Serializer, T: fmt::Display>(
-    value: &T,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
 }
 
 #[derive(Serialize)]
@@ -140,13 +125,21 @@ struct KeyValue<'a> {
     value: AnyValue<'a>,
 }
 
-/// Serialised as `{"stringValue": ...}` or `{"intValue": "..."}`.
+/// Serialised as `{"stringValue": ...}`, `{"intValue": "..."}` or
+/// `{"arrayValue": {"values": [...]}}` (OTLP/JSON `AnyValue`).
 #[derive(Serialize)]
 enum AnyValue<'a> {
     #[serde(rename = "stringValue")]
     String(&'a str),
-    #[serde(rename = "intValue", serialize_with = "decimal_string")]
-    Int(i64),
+    #[serde(rename = "intValue")]
+    Int(String),
+    #[serde(rename = "arrayValue")]
+    Array(ArrayValue<'a>),
+}
+
+#[derive(Serialize)]
+struct ArrayValue<'a> {
+    values: Vec<AnyValue<'a>>,
 }
 
 /// Span ids for one VM: xorshift64* seeded from the VM's randomness and clock. Ids need to

@@ -1,10 +1,13 @@
 //! Settings read from the environment once at start-up. A bad value stops the service
 //! with a message naming the variable, before anything listens or registers.
+//!
+//! The OpenTelemetry variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`, `OTEL_TRACES_SAMPLER`...) are read by the
+//! OpenTelemetry crates themselves; this module only decides whether spans are exported at
+//! all, and refuses the one value the crates would otherwise replace silently.
 
 use std::fmt;
 use std::net::IpAddr;
-
-use opentelemetry_otlp::Protocol;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -21,8 +24,10 @@ pub struct Config {
     pub service_address: String,
     pub service_tags: Vec<String>,
     pub consul: Option<ConsulConfig>,
-    pub otlp: Option<OtlpConfig>,
-    pub otel_service_name: String,
+    /// Whether spans are exported: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without either, spans are still created (their
+    /// ids are echoed back) but go nowhere.
+    pub otlp_export: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,14 +35,6 @@ pub struct ConsulConfig {
     /// Base URL of the agent's HTTP API, without a trailing `/`.
     pub base_url: String,
     pub token: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OtlpConfig {
-    /// Full URL spans are posted to: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/traces` (OTLP exporter specification).
-    pub traces_endpoint: String,
-    pub protocol: Protocol,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -100,25 +97,11 @@ impl Config {
                 })
             })
             .transpose()?;
-        let traces_endpoint = match (
-            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ) {
-            (Some(url), _) => Some(http_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)?),
-            (None, Some(base)) => {
-                let base = http_url("OTEL_EXPORTER_OTLP_ENDPOINT", base)?;
-                Some(format!("{}/v1/traces", base.trim_end_matches('/')))
-            }
-            (None, None) => None,
-        };
-        let otlp = traces_endpoint
-            .map(|traces_endpoint| {
-                Ok::<_, ConfigError>(OtlpConfig {
-                    protocol: otlp_protocol(get("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref())?,
-                    traces_endpoint,
-                })
-            })
-            .transpose()?;
+        let otlp_export = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            || get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+        if otlp_export {
+            refuse_other_protocols(&get)?;
+        }
 
         Ok(Self {
             listen_address,
@@ -130,8 +113,7 @@ impl Config {
             service_address: get("SERVICE_ADDRESS").unwrap_or_else(|| "127.0.0.1".to_owned()),
             service_tags,
             consul,
-            otlp,
-            otel_service_name: get("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.clone()),
+            otlp_export,
             service_name,
         })
     }
@@ -158,27 +140,26 @@ fn consul_base_url(addr: &str) -> Result<String, ConfigError> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
-fn http_url(variable: &'static str, url: String) -> Result<String, ConfigError> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(url)
-    } else {
-        Err(ConfigError {
-            variable,
-            reason: format!("{url:?} is not an http:// or https:// URL"),
-        })
-    }
-}
+/// The one OTLP protocol built in: the specification's default, protobuf over HTTP (gRPC
+/// would pull a gRPC stack into a demo backend). opentelemetry-otlp replaces a protocol it
+/// was not built with by its default, with a warning only its internal log shows (and would
+/// then post protobuf to, say, a gRPC port): refused here instead, naming the variable the
+/// exporter reads, the traces-specific one first as it does.
+const OTLP_PROTOCOL: &str = "http/protobuf";
 
-/// The OTLP exporter specification's values; gRPC is not built in (it would pull in a gRPC
-/// stack for a demo backend), so it is refused rather than silently replaced.
-fn otlp_protocol(value: Option<&str>) -> Result<Protocol, ConfigError> {
-    match value {
-        None | Some("http/protobuf") => Ok(Protocol::HttpBinary),
-        Some("http/json") => Ok(Protocol::HttpJson),
-        Some(other) => Err(ConfigError {
-            variable: "OTEL_EXPORTER_OTLP_PROTOCOL",
-            reason: format!("{other:?} is not supported; use http/protobuf or http/json"),
+fn refuse_other_protocols(get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let variable = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find(|variable| get(variable).is_some());
+    match variable.and_then(|variable| get(variable).map(|value| (variable, value))) {
+        Some((variable, value)) if !value.eq_ignore_ascii_case(OTLP_PROTOCOL) => Err(ConfigError {
+            variable,
+            reason: format!("{value:?} is not built in; only {OTLP_PROTOCOL} is"),
         }),
+        _ => Ok(()),
     }
 }
 
@@ -201,14 +182,13 @@ mod tests {
         assert_eq!(config.listen_address, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(config.port, 0);
         assert_eq!(config.service_name, "echo");
-        assert_eq!(config.otel_service_name, "echo");
         assert_eq!(config.service_id, None);
         assert_eq!(config.service_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(config.service_region, None);
         assert_eq!(config.service_address, "127.0.0.1");
         assert!(config.service_tags.is_empty());
         assert_eq!(config.consul, None);
-        assert_eq!(config.otlp, None);
+        assert!(!config.otlp_export);
     }
 
     #[test]
@@ -225,8 +205,6 @@ mod tests {
             ("CONSUL_HTTP_ADDR", "consul:8500"),
             ("CONSUL_HTTP_TOKEN", "secret"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_SERVICE_NAME", "payments-otel"),
         ])
         .expect("valid");
         assert_eq!(config.listen_address, IpAddr::from([0, 0, 0, 0]));
@@ -244,21 +222,20 @@ mod tests {
                 token: Some("secret".to_owned()),
             })
         );
-        assert_eq!(
-            config.otlp,
-            Some(OtlpConfig {
-                traces_endpoint: "http://jaeger:4318/v1/traces".to_owned(),
-                protocol: Protocol::HttpJson,
-            })
-        );
-        assert_eq!(config.otel_service_name, "payments-otel");
+        assert!(config.otlp_export);
     }
 
     #[test]
     fn empty_values_count_as_unset() {
-        let config = config(&[("CONSUL_HTTP_ADDR", ""), ("SERVICE_NAME", " ")]).expect("valid");
+        let config = config(&[
+            ("CONSUL_HTTP_ADDR", ""),
+            ("SERVICE_NAME", " "),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        ])
+        .expect("valid");
         assert_eq!(config.consul, None);
         assert_eq!(config.service_name, "echo");
+        assert!(!config.otlp_export);
     }
 
     #[test]
@@ -278,7 +255,6 @@ mod tests {
             ("LISTEN_ADDRESS", "localhost"),
             ("CONSUL_HTTP_ADDR", "https://consul:8501"),
             ("CONSUL_HTTP_ADDR", "http://"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4318"),
         ];
         for (variable, value) in cases {
             let error = config(&[(variable, value)]).expect_err(value);
@@ -288,40 +264,44 @@ mod tests {
     }
 
     #[test]
-    fn traces_endpoint_wins_and_is_used_as_is() {
-        let both = config(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "http://jaeger:4318/custom",
-            ),
-        ])
-        .expect("valid");
-        assert_eq!(
-            both.otlp.expect("set").traces_endpoint,
-            "http://jaeger:4318/custom"
-        );
-        let base_only =
-            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).expect("valid");
-        assert_eq!(
-            base_only.otlp.expect("set").traces_endpoint,
-            "http://collector:4318/v1/traces"
-        );
+    fn either_endpoint_variable_turns_export_on() {
+        for variable in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            let config = config(&[(variable, "http://collector:4318")]).expect("valid");
+            assert!(config.otlp_export, "{variable}");
+        }
     }
 
     #[test]
-    fn grpc_protocol_is_refused() {
-        let error = config(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    fn other_protocols_are_refused_naming_the_variable_the_exporter_reads() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317");
+        for value in ["grpc", "http/json", "HTTP/JSON", "protobuf"] {
+            let error =
+                config(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", value)]).expect_err(value);
+            assert_eq!(error.variable, "OTEL_EXPORTER_OTLP_PROTOCOL");
+            assert!(error.to_string().contains(value), "{error}");
+        }
+        let specific = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ])
-        .expect_err("grpc is not built in");
-        assert_eq!(error.variable, "OTEL_EXPORTER_OTLP_PROTOCOL");
+        .expect_err("the traces protocol is the one read");
+        assert_eq!(specific.variable, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
+        // The traces-specific value hides a generic one, as in the exporter.
+        let overridden = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "HTTP/PROTOBUF"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]);
+        assert!(overridden.is_ok(), "{overridden:?}");
     }
 
     #[test]
     fn protocol_without_endpoint_is_ignored() {
         let config = config(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).expect("no export");
-        assert_eq!(config.otlp, None);
+        assert!(!config.otlp_export);
     }
 }

@@ -20,6 +20,10 @@ const REGISTER_ATTEMPTS: u32 = 8;
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(8);
 const CHECK_INTERVAL: &str = "10s";
+/// A check starts `critical` unless registered with a status, and Consul's DNS and health
+/// API hide the instance until it first passes, up to one interval after registration. The
+/// service answers /health before it registers, so it starts `passing`.
+const CHECK_INITIAL_STATUS: &str = "passing";
 const CHECK_TIMEOUT: &str = "2s";
 /// Consul's own clean-up if this process dies without deregistering.
 const DEREGISTER_CRITICAL_AFTER: &str = "1m";
@@ -46,6 +50,8 @@ pub struct HttpCheck {
     pub method: String,
     pub interval: String,
     pub timeout: String,
+    /// The check's initial status (api-docs/agent/check, `Status`).
+    pub status: String,
     pub deregister_critical_service_after: String,
 }
 
@@ -70,6 +76,7 @@ impl Registration {
                 method: "GET".to_owned(),
                 interval: CHECK_INTERVAL.to_owned(),
                 timeout: CHECK_TIMEOUT.to_owned(),
+                status: CHECK_INITIAL_STATUS.to_owned(),
                 deregister_critical_service_after: DEREGISTER_CRITICAL_AFTER.to_owned(),
             },
         }
@@ -215,6 +222,7 @@ mod tests {
                     "Method": "GET",
                     "Interval": "10s",
                     "Timeout": "2s",
+                    "Status": "passing",
                     "DeregisterCriticalServiceAfter": "1m"
                 }
             })

@@ -59,12 +59,12 @@ fn main() -> ExitCode {
         region: config.service_region.clone(),
     };
     let identity = Identity {
-        otel_service_name: config.otel_service_name.clone(),
+        service_name: config.service_name.clone(),
         service_id: instance.id.clone(),
         version: instance.version.clone(),
         region: instance.region.clone(),
     };
-    let telemetry = match Telemetry::init(&identity, config.otlp.as_ref()) {
+    let telemetry = match Telemetry::init(&identity, config.otlp_export) {
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("echo-service: {error}");

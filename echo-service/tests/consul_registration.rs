@@ -3,8 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use common::{eventually, get, EchoProcess};
@@ -73,6 +75,67 @@ fn registers_with_meta_tags_and_health_check_then_deregisters_on_sigterm() {
         deregistrations[0].path,
         format!("/v1/agent/service/deregister/payments-{port}")
     );
+}
+
+/// A Consul agent that answers every request 200 and hands over each request's body: the
+/// stand-in keeps the registration's fields, not the raw JSON the service sent.
+fn capturing_agent() -> (String, mpsc::Receiver<(String, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = sender.send((request_line, String::from_utf8_lossy(&body).into_owned()));
+        }
+    });
+    (url, receiver)
+}
+
+#[test]
+fn the_health_check_is_registered_passing() {
+    let (agent_url, requests) = capturing_agent();
+    let mut echo = EchoProcess::start(&[("CONSUL_HTTP_ADDR", agent_url.as_str())]);
+    let (request_line, body) = requests
+        .recv_timeout(REGISTER_TIMEOUT)
+        .expect("a registration request");
+    assert!(
+        request_line.starts_with("PUT /v1/agent/service/register "),
+        "{request_line}"
+    );
+    let registration: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    // Checks start critical otherwise, and Consul's DNS hides the instance until the
+    // first check passes.
+    assert_eq!(registration["Check"]["Status"], "passing", "{registration}");
+    assert_eq!(
+        registration["Check"]["HTTP"],
+        format!("http://127.0.0.1:{}/health", echo.addr.port())
+    );
+    echo.stop_with("TERM");
 }
 
 #[test]
@@ -209,10 +272,13 @@ fn bad_configuration_exits_2_naming_the_variable() {
         ("PORT", "eighty"),
         ("CONSUL_HTTP_ADDR", "https://consul:8501"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        // Refused by the OTLP exporter itself, which names the variable.
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://bad host:4318"),
     ] {
         let output = common::command(&[
-            (variable, value),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            (variable, value),
         ])
         .output()
         .expect("run echo-service");

@@ -215,18 +215,67 @@ fn an_unsampled_parent_is_continued_but_not_exported() {
 }
 
 #[test]
-fn http_json_protocol_is_honoured() {
+fn the_traces_endpoint_variable_is_used_as_it_is() {
     let otlp = otlp();
-    let mut echo = start_exporting_to(&otlp, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]);
-    let traceparent = format!("00-{INCOMING_TRACE_ID}-{INCOMING_SPAN_ID}-01");
-    get(&echo.url("/echo"), &[("traceparent", traceparent.as_str())]);
+    // The generic endpoint leads nowhere: spans arrive only if the exporter posts to the
+    // traces-specific URL, without appending /v1/traces to it again.
+    let nowhere = format!("http://{}", closed_port_addr());
+    let traces = format!("{}/v1/traces", otlp.url());
+    let mut echo = EchoProcess::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+    ]);
+    let reply = get(&echo.url("/echo"), &[]).json();
 
     echo.stop_with("TERM");
-    let spans = otlp.trace(INCOMING_TRACE_ID);
+    let spans = otlp.trace(reply["trace_id"].as_str().expect("id"));
     assert_eq!(spans.len(), 2, "{spans:#?}");
-    assert!(spans.iter().all(|span| span.encoding == Encoding::Json));
-    let server = span_named(&spans, "GET /echo");
-    assert_eq!(server.parent_span_id.as_deref(), Some(INCOMING_SPAN_ID));
+}
+
+#[test]
+fn otel_resource_attributes_are_kept_and_the_instance_values_win() {
+    let otlp = otlp();
+    let mut echo = start_exporting_to(
+        &otlp,
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=demo,service.version=9.9.9",
+        )],
+    );
+    let reply = get(&echo.url("/echo"), &[]).json();
+
+    echo.stop_with("TERM");
+    let spans = otlp.trace(reply["trace_id"].as_str().expect("id"));
+    assert_eq!(spans.len(), 2);
+    for span in &spans {
+        let resource = |key: &str| span.resource.get(key).and_then(|v| v.as_str());
+        assert_eq!(resource("deployment.environment.name"), Some("demo"));
+        // The version registered in Consul is the one the trace reports.
+        assert_eq!(resource("service.version"), Some("1.7.0"));
+        assert_eq!(span.service_name(), Some("echo"));
+    }
+}
+
+#[test]
+fn a_service_name_in_otel_resource_attributes_is_not_replaced() {
+    let otlp = otlp();
+    let mut echo = start_exporting_to(
+        &otlp,
+        &[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=echo-from-attributes",
+        )],
+    );
+    let reply = get(&echo.url("/echo"), &[]).json();
+    assert_eq!(reply["instance"]["service"], "echo");
+
+    echo.stop_with("TERM");
+    let spans = otlp.trace(reply["trace_id"].as_str().expect("id"));
+    assert_eq!(spans.len(), 2);
+    assert!(spans
+        .iter()
+        .all(|span| span.service_name() == Some("echo-from-attributes")));
 }
 
 #[test]

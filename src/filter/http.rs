@@ -6,12 +6,13 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::host;
-use super::lookup::{write_kong_ctx, MissOutcome};
-use super::{RequestState, Shared};
+use super::lookup::MissOutcome;
+use super::{Counter, RequestState, Shared};
 use crate::cache::{decide, Lookup};
-use crate::config::HostKind;
+use crate::config::{Config, HostKind};
 use crate::enrich;
-use crate::service_name::{resolve, NameSources};
+use crate::service_name::{resolve, NameSources, ServiceTarget};
+use crate::trace_context::baggage::strip_members;
 use crate::trace_context::{Baggage, TraceParent};
 
 pub struct Http {
@@ -41,22 +42,230 @@ fn log_invalid(shared: &Shared, what: &str, why: &str) {
     }
 }
 
-fn request_header(name: &str) -> Option<String> {
-    host::header(MapType::HttpRequestHeaders, name)
+/// Envoy: the serving instance's attributes as filter state, one property per attribute
+/// (`wasm.consul_enricher.<attribute>`: Envoy keeps a property set by a Wasm filter under
+/// `wasm.` + its path, `Context::setProperty` in source/extensions/common/wasm/context.cc),
+/// which `envoy.yaml`'s custom tags read with `%FILTER_STATE(...:PLAIN)%` when the span is
+/// finalised, after the response.
+fn set_filter_state(attributes: &enrich::Attributes) {
+    for (name, value) in attributes {
+        let path = concat("consul_enricher.", name);
+        if let Err(status) = host::set_property(&[&path], value.to_text().as_bytes()) {
+            log::debug!("consul-enricher: cannot set filter state {path}: {status:?}");
+        }
+    }
+}
+
+/// The upstream peer of this request, as each host reports it (see [`enrich::Peer`]).
+fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
+    let address = host::property(&["upstream", "address"])?;
+    match kind {
+        HostKind::Kong => {
+            let port = host::property(&["upstream", "port"])?;
+            enrich::Peer::parse(&address, Some(&port))
+        }
+        HostKind::Envoy => enrich::Peer::parse(&address, None),
+    }
 }
 
 impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
-            shared.on_call_response(self.id, token, num_headers, body_size);
+            shared.on_call_response(self.id, token, body_size);
         }
     }
+}
+
+/// What the filter reads of the incoming request headers, from one host call.
+struct Incoming {
+    traceparents: Vec<String>,
+    baggage_lines: Vec<String>,
+    /// The authority the client asked for: `:authority` on Envoy; on ngx_wasm_module
+    /// `:authority` is built from the server block, the client's is the `host` header.
+    client_authority: Option<String>,
+    /// Headers under the filter's prefix: only the filter may write those.
+    forged: Vec<String>,
+}
+
+impl Incoming {
+    fn read(config: &Config) -> Incoming {
+        let prefix = &config.headers.prefix;
+        let authority_header = match config.host {
+            HostKind::Kong => "host",
+            HostKind::Envoy => ":authority",
+        };
+        let mut incoming = Incoming {
+            traceparents: Vec::new(),
+            baggage_lines: Vec::new(),
+            client_authority: None,
+            forged: Vec::new(),
+        };
+        for (name, value) in host::request_headers() {
+            if name.eq_ignore_ascii_case(authority_header) {
+                incoming.client_authority = Some(value);
+            } else if name.eq_ignore_ascii_case("traceparent") {
+                incoming.traceparents.push(value);
+            } else if name.eq_ignore_ascii_case("baggage") {
+                incoming.baggage_lines.push(value);
+            } else if starts_with_ignore_case(&name, prefix) {
+                incoming.forged.push(name);
+            }
+        }
+        incoming
+    }
+}
+
+fn concat(a: &str, b: &str) -> String {
+    let mut s = String::with_capacity(a.len() + b.len());
+    s.push_str(a);
+    s.push_str(b);
+    s
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// Removes a request header. ngx_wasm_module removes a header by zeroing its hash
+/// (`ngx_http_wasm_set_header_helper`, src/http/ngx_http_wasm_headers.c), and nginx's proxy
+/// module forwards every header regardless (`ngx_http_proxy_create_request`), so on Kong a
+/// removed header would still reach the upstream: there the filter empties it instead, and
+/// Kong's companion plugin clears it for real before the filter runs (README, "Trust").
+fn remove_request_header(kong: bool, name: &str) {
+    if kong {
+        host::set_header(MapType::HttpRequestHeaders, name, "");
+    } else {
+        host::remove_header(MapType::HttpRequestHeaders, name);
+    }
+}
+
+/// The namespace of the baggage members the filter writes.
+const BAGGAGE_NAMESPACE: &str = "consul.";
+
+/// Removes what only the filter may write (headers under its prefix, baggage members in
+/// its namespace; unless `strip_incoming` is off, for a gateway behind a trusted one) and
+/// returns the caller's baggage as one list: every `baggage` line of the request, joined,
+/// as the W3C spec reads them. The baggage is `None` when it is malformed; it then passes
+/// on untouched but for the removed members.
+fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
+    let strip = shared.config.strip_incoming;
+    let kong = shared.config.host == HostKind::Kong;
+    if strip {
+        for name in &incoming.forged {
+            remove_request_header(kong, name);
+        }
+    }
+    let joined = incoming.baggage_lines.join(",");
+    let (kept, removed) = if strip {
+        strip_members(&joined, BAGGAGE_NAMESPACE)
+    } else {
+        (joined, 0)
+    };
+    if removed > 0 || incoming.baggage_lines.len() > 1 {
+        if kept.is_empty() {
+            remove_request_header(kong, "baggage");
+        } else {
+            // A replace keeps one line (ngx_wasm_module updates the first and drops the
+            // others from what the filter sees; see `remove_request_header`).
+            host::set_header(MapType::HttpRequestHeaders, "baggage", &kept);
+        }
+    }
+    let stripped = if strip { incoming.forged.len() } else { 0 } + removed;
+    if stripped > 0 {
+        shared.metrics.count(Counter::Stripped, stripped as u64);
+    }
+    Baggage::parse(&kept)
+        .map_err(|e| {
+            shared.metrics.count(Counter::InvalidBaggage, 1);
+            log_invalid(shared, "baggage", e.as_str());
+        })
+        .ok()
+}
+
+/// The request's trace context; absent, several or malformed `traceparent` headers leave
+/// it untouched (several are invalid by W3C Trace Context).
+fn read_trace(shared: &Shared, traceparents: &[String]) -> Option<TraceParent> {
+    let value = match traceparents {
+        [] => return None,
+        [one] => one,
+        _ => {
+            shared.metrics.count(Counter::InvalidTraceparent, 1);
+            log_invalid(shared, "traceparent", "the request has several");
+            return None;
+        }
+    };
+    TraceParent::parse(value)
+        .map_err(|e| {
+            shared.metrics.count(Counter::InvalidTraceparent, 1);
+            log_invalid(shared, "traceparent", e.as_str());
+        })
+        .ok()
+}
+
+/// The id of the filter's own span for this request, when it exports one; the upstream
+/// then sees that span as its parent (`spans.reparent`).
+fn start_span(shared: &Shared, trace: Option<&TraceParent>) -> Option<[u8; 8]> {
+    let config = &shared.config;
+    let t = trace.filter(|t| config.spans.enabled && t.sampled())?;
+    let id = shared.state.borrow_mut().span_ids.next_id();
+    if config.spans.reparent {
+        host::set_header(
+            MapType::HttpRequestHeaders,
+            "traceparent",
+            &t.with_parent(id).to_header(),
+        );
+    }
+    Some(id)
+}
+
+/// The host of the Kong service the route proxies to, as the operator configured it:
+/// Kong's Lua answers `kong.router.service` with the service entity as JSON
+/// (`kong/runloop/wasm.lua`, Kong 3.6+). An nginx without Kong's Lua (no `kong.version`
+/// either) answers NotFound; there `ngx.upstream_host` (the variable Kong's template
+/// declares, set by the operator) is read instead. With Kong it is never read: with
+/// `preserve_host` Kong sets it to the client's `Host`.
+fn kong_service_host() -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct KongService {
+        host: Option<String>,
+    }
+    match host::property(&["kong", "router", "service"]) {
+        Some(json) => {
+            serde_json::from_slice::<KongService>(json.as_bytes())
+                .ok()?
+                .host
+        }
+        None if host::property(&["kong", "version"]).is_none() => {
+            host::property(&["ngx", "upstream_host"])
+        }
+        None => None,
+    }
+}
+
+/// The Consul service (and datacenter) of this request, from the sources the
+/// configuration names; the client's authority only with `service.from_authority`.
+fn resolve_target(config: &Config, incoming: &Incoming) -> Option<ServiceTarget> {
+    let upstream_host = match config.host {
+        HostKind::Kong if config.service.from_host && config.service.name.is_empty() => {
+            kong_service_host()
+        }
+        _ => None,
+    };
+    let cluster = match config.host {
+        HostKind::Envoy if config.service.from_cluster && config.service.name.is_empty() => {
+            host::property(&["xds", "cluster_name"])
+        }
+        _ => None,
+    };
+    resolve(
+        &config.service,
+        NameSources {
+            upstream_host: upstream_host.as_deref(),
+            cluster: cluster.as_deref(),
+            authority: incoming.client_authority.as_deref(),
+        },
+    )
 }
 
 impl HttpContext for Http {
@@ -65,72 +274,22 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let config = &shared.config;
-        host::increment(shared.metrics.requests, 1);
+        shared.metrics.count(Counter::Requests, 1);
         let start_nanos = host::now_nanos();
 
-        let trace =
-            request_header("traceparent").and_then(|value| match TraceParent::parse(&value) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    host::increment(shared.metrics.invalid_traceparent, 1);
-                    log_invalid(&shared, "traceparent", e.as_str());
-                    None
-                }
-            });
-
-        let baggage = match request_header("baggage") {
-            None => Some(Baggage::default()),
-            Some(raw) => Baggage::parse(&raw)
-                .map_err(|e| {
-                    host::increment(shared.metrics.invalid_baggage, 1);
-                    log_invalid(&shared, "baggage", e.as_str());
-                })
-                .ok(),
-        };
+        let incoming = Incoming::read(config);
+        let baggage = strip_incoming(&shared, &incoming);
+        let trace = read_trace(&shared, &incoming.traceparents);
         let baggage_attributes = baggage
             .as_ref()
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
-
-        let span_id = match &trace {
-            Some(t) if config.spans.enabled && t.sampled() => {
-                let id = shared.state.borrow_mut().span_ids.next_id();
-                if config.spans.reparent {
-                    host::set_header(
-                        MapType::HttpRequestHeaders,
-                        "traceparent",
-                        &t.with_parent(id).to_header(),
-                    );
-                }
-                Some(id)
-            }
-            _ => None,
-        };
-
-        let upstream_host = match config.host {
-            HostKind::Kong if config.service.from_host => host::property(&["ngx", "upstream_host"]),
-            _ => None,
-        };
-        let cluster = match config.host {
-            HostKind::Envoy if config.service.from_cluster => {
-                host::property(&["xds", "cluster_name"])
-            }
-            _ => None,
-        };
-        let authority = if config.service.from_host {
-            request_header(":authority")
-        } else {
-            None
-        };
-        let target = resolve(
-            &config.service,
-            NameSources {
-                upstream_host: upstream_host.as_deref(),
-                authority: authority.as_deref(),
-                cluster: cluster.as_deref(),
-            },
-        );
-        let name = target.as_ref().map(|t| t.name.clone());
+        let span_id = start_span(&shared, trace.as_ref());
+        let target = resolve_target(config, &incoming).map(|t| {
+            let id = t.cache_id(&config.consul.datacenter);
+            (t, id)
+        });
+        let wanted = target.clone();
         shared.state.borrow_mut().requests.insert(
             self.id,
             RequestState {
@@ -146,39 +305,28 @@ impl HttpContext for Http {
                 service: None,
             },
         );
-        let Some(name) = name else {
+        let Some((target, id)) = wanted else {
             log::debug!("consul-enricher: no Consul service for this request");
+            if config.headers.request {
+                let lookup = concat(&config.headers.prefix, "lookup");
+                host::set_header(MapType::HttpRequestHeaders, &lookup, "none");
+            }
             return Action::Continue;
         };
 
-        let entry = shared.read_entry(&name);
-        let lookup = decide(entry.as_deref(), host::now_ms());
-        match lookup {
-            Lookup::Miss => {
-                let target = shared
-                    .state
-                    .borrow()
-                    .requests
-                    .get(&self.id)
-                    .and_then(|r| r.target.clone());
-                if let Some(target) = target {
-                    if let MissOutcome::Paused = shared.wait_for_lookup(self.id, &target) {
-                        return Action::Pause;
-                    }
-                }
-                shared.apply(self.id, shared.read_entry(&name), Lookup::Backoff);
+        let now = start_nanos / 1_000_000;
+        let entry = shared.entry_for_request(&id, now);
+        let lookup = decide(entry.as_deref(), now);
+        shared.note_use(&target, &id, lookup, now);
+        if lookup == Lookup::Miss {
+            let known = entry.is_some();
+            if let MissOutcome::Paused = shared.wait_for_lookup(self.id, &target, &id, known) {
+                return Action::Pause;
             }
-            Lookup::Stale { refresh } => {
-                if refresh {
-                    let mut state = shared.state.borrow_mut();
-                    if !state.refresh_wanted.contains(&name) {
-                        state.refresh_wanted.push(name);
-                    }
-                }
-                shared.apply(self.id, entry, lookup);
-            }
-            _ => shared.apply(self.id, entry, lookup),
+            shared.apply(self.id, shared.read_entry(&id), Lookup::Backoff, now);
+            return Action::Continue;
         }
+        shared.apply(self.id, entry, lookup, now);
         Action::Continue
     }
 
@@ -187,7 +335,7 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let config = &shared.config;
-        let upstream = host::property(&["upstream", "address"]);
+        let peer = upstream_peer(config.host);
         let mut state = shared.state.borrow_mut();
         let Some(req) = state.requests.get_mut(&self.id) else {
             return Action::Continue;
@@ -199,9 +347,9 @@ impl HttpContext for Http {
             .entry
             .as_ref()
             .map_or(&[][..], |e| e.instances.as_slice());
-        let instance = upstream
-            .as_deref()
-            .and_then(|a| enrich::match_instance(instances, a));
+        let instance = peer
+            .as_ref()
+            .and_then(|p| enrich::match_instance(instances, p));
         if config.headers.response {
             let instance_headers = instance
                 .map(|i| enrich::instance_headers(config, i))
@@ -211,10 +359,13 @@ impl HttpContext for Http {
                 host::set_header(MapType::HttpResponseHeaders, name, value);
             }
         }
-        let instance_attrs = enrich::for_instance(instance, upstream.as_deref());
+        let instance_attrs = enrich::for_instance(instance, peer.as_ref());
+        if config.host == HostKind::Envoy {
+            set_filter_state(&instance_attrs);
+        }
         enrich::merge(&mut req.attributes, instance_attrs);
         if config.host == HostKind::Kong && config.kong_ctx_shared {
-            write_kong_ctx(&req.attributes);
+            shared.write_kong_ctx(&req.attributes);
         }
         Action::Continue
     }

@@ -1,8 +1,22 @@
 //! Cache reads and writes, Consul calls, coalescing and resuming paused requests.
 //!
-//! Within a worker, every request for a service that is being looked up waits on the same
-//! call. Across workers, a lease in shared data (taken with CAS) makes one worker call
-//! Consul while the others poll shared data for its answer from their tick.
+//! How a request waits for Consul depends on what the host lets a callback resume:
+//! - Envoy resumes any context made effective with `proxy_set_effective_context`, so
+//!   within a worker every request for a service being looked up waits on the same call,
+//!   and across workers a lease in shared data (taken with CAS) makes one worker call
+//!   Consul while the others poll shared data for its answer from their tick.
+//! - ngx_wasm_module ignores `proxy_set_effective_context` (`ngx_proxy_wasm_host.c`
+//!   answers Ok and does nothing), `proxy_continue_stream` acts on the request whose
+//!   callback is running, and resuming from `on_tick` crashed workers. The one thing that
+//!   resumes a paused request is the host itself, once the last call that request
+//!   dispatched is answered (`ngx_http_proxy_wasm_dispatch.c`, the resume handler). So on
+//!   Kong a request waits only on a call of its own, and the filter never resumes it.
+//!
+//! Background refreshes come from the tick (root context) on both hosts, one per service
+//! for the whole gateway (the lease), and resume nobody: a stale entry is refreshed, or,
+//! with `consul.watch`, a service in use is watched with blocking queries.
+//!
+//! Everything here is keyed by the target's cache id (service and datacenter).
 
 use std::rc::Rc;
 
@@ -11,10 +25,10 @@ use hashbrown::HashMap;
 use proxy_wasm::types::{MapType, Status};
 
 use super::host;
-use super::{Call, Memo, Pending, Shared, WorkerState};
-use crate::cache::{decide, encode_lease, lease_held, Entry, Lookup};
-use crate::config::{Config, HostKind};
-use crate::consul::{catalog_path, parse_catalog};
+use super::{Call, Counter, Memo, Pending, Shared, WorkerState};
+use crate::cache::{decide, encode_lease, lease_held, Entry, EntryStatus, Lookup};
+use crate::config::{Config, ConsulEndpoint, HostKind};
+use crate::consul::{lookup_path, parse_catalog, parse_health, Catalog, CatalogError};
 use crate::enrich::{self, Attributes, Enrichment};
 use crate::service_name::ServiceTarget;
 
@@ -23,6 +37,10 @@ use crate::service_name::ServiceTarget;
 /// bounds the worker's peak.
 const MAX_MEMO: usize = 1024;
 
+/// How long a worker serves a fresh entry from its own memo before it reads shared data
+/// again: the bound on how late it sees an answer another worker stored.
+pub const MEMO_RECHECK_MS: u64 = 500;
+
 pub enum MissOutcome {
     /// The request waits for a Consul answer.
     Paused,
@@ -30,10 +48,33 @@ pub enum MissOutcome {
     FailOpen,
 }
 
+/// An entry the host holds as an empty value is a removed one (Envoy cannot delete a key).
+fn decode_stored(bytes: &[u8]) -> Option<Result<Entry, ()>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(Entry::decode(bytes).map_err(|_| ()))
+}
+
 impl Shared {
+    /// The service's cache entry for a request: the worker's memo while it is fresh and was
+    /// checked against shared data within [`MEMO_RECHECK_MS`], else shared data.
+    pub fn entry_for_request(&self, id: &str, now: u64) -> Option<Rc<Entry>> {
+        {
+            let state = self.state.borrow();
+            if let Some(memo) = state.memo.get(id) {
+                let recent = now.saturating_sub(memo.checked_ms) < MEMO_RECHECK_MS;
+                if recent && decide(Some(&memo.entry), now) == Lookup::Hit {
+                    return Some(Rc::clone(&memo.entry));
+                }
+            }
+        }
+        self.read_entry(id)
+    }
+
     /// The service's cache entry, decoded only when the stored value changed.
-    pub fn read_entry(&self, service: &str) -> Option<Rc<Entry>> {
-        let key = self.config.entry_key(service);
+    pub fn read_entry(&self, id: &str) -> Option<Rc<Entry>> {
+        let key = self.config.entry_key(id);
         let (bytes, cas) = match host::shared_get(&key) {
             Ok(found) => found,
             Err(status) => {
@@ -42,16 +83,18 @@ impl Shared {
             }
         };
         let bytes = bytes?;
+        let now = host::now_ms();
         let mut state = self.state.borrow_mut();
-        if let Some(memo) = state.memo.get(service) {
+        if let Some(memo) = state.memo.get_mut(id) {
             if cas.is_some() && memo.cas == cas {
+                memo.checked_ms = now;
                 return Some(Rc::clone(&memo.entry));
             }
         }
-        let entry = match Entry::decode(&bytes) {
+        let entry = match decode_stored(&bytes)? {
             Ok(e) => Rc::new(e),
-            Err(_) => {
-                log::warn!("consul-enricher: ignoring an undecodable cache entry for {service}");
+            Err(()) => {
+                log::warn!("consul-enricher: ignoring an undecodable cache entry for {id}");
                 return None;
             }
         };
@@ -59,9 +102,10 @@ impl Shared {
             state.memo.clear();
         }
         state.memo.insert(
-            service.to_string(),
+            id.to_string(),
             Memo {
                 cas,
+                checked_ms: now,
                 entry: Rc::clone(&entry),
                 service: None,
             },
@@ -69,40 +113,145 @@ impl Shared {
         Some(entry)
     }
 
-    fn write_entry(&self, service: &str, entry: &Entry) {
-        let key = self.config.entry_key(service);
-        if let Err(status) = host::shared_set(&key, &entry.encode(), None) {
-            log::warn!("consul-enricher: cannot store the entry of {service}: {status:?}");
+    fn write_entry(&self, id: &str, entry: &Entry) {
+        let key = self.config.entry_key(id);
+        if let Err(status) = host::shared_store(&key, &entry.encode()) {
+            log::warn!("consul-enricher: cannot store the entry of {id}: {status:?}");
+            return;
+        }
+        if entry.status == EntryStatus::Unknown {
+            let mut state = self.state.borrow_mut();
+            if state.negative_written.len() < self.config.cache.max_services as usize {
+                state
+                    .negative_written
+                    .push_back((id.to_string(), entry.fresh_until));
+            }
         }
     }
 
-    /// Takes the service's lease unless another worker holds an unexpired one.
-    fn take_lease(&self, service: &str, now: u64) -> bool {
-        let key = self.config.lease_key(service);
+    /// Whether a new service may get an entry: at most `cache.max_services` per gateway,
+    /// counted in shared data (an approximate count: workers race on it only upwards).
+    fn admit_service(&self, id: &str) -> bool {
+        let key = self.config.services_key();
+        let Ok((value, cas)) = host::shared_get(&key) else {
+            return true;
+        };
+        let count = value.as_deref().map_or(0, decode_count);
+        if count >= self.config.cache.max_services {
+            self.metrics.count(Counter::ServicesCapped, 1);
+            log::warn!(
+                "consul-enricher: {id} not looked up: cache.max_services ({}) services are cached",
+                self.config.cache.max_services
+            );
+            return false;
+        }
+        if let Err(status) = host::shared_set(&key, &(count + 1).to_le_bytes(), cas) {
+            log::debug!("consul-enricher: service count not updated: {status:?}");
+        }
+        true
+    }
+
+    /// From the tick: removes the entries of unknown services this worker stored once they
+    /// expired and nobody stored a newer one, and gives their places back.
+    pub fn remove_expired_unknowns(&self) {
+        let now = host::now_ms();
+        loop {
+            let id = {
+                let mut state = self.state.borrow_mut();
+                match state.negative_written.front() {
+                    Some((_, expires)) if *expires <= now => {
+                        state.negative_written.pop_front().map(|(id, _)| id)
+                    }
+                    _ => None,
+                }
+            };
+            let Some(id) = id else {
+                return;
+            };
+            let key = self.config.entry_key(&id);
+            let Ok((Some(bytes), cas)) = host::shared_get(&key) else {
+                continue;
+            };
+            let expired_unknown = matches!(
+                decode_stored(&bytes),
+                Some(Ok(e)) if e.status == EntryStatus::Unknown && e.fresh_until <= now
+            );
+            if expired_unknown && host::shared_delete(&key, cas).is_ok() {
+                self.state.borrow_mut().memo.remove(&id);
+                self.forget_service();
+            }
+        }
+    }
+
+    fn forget_service(&self) {
+        let key = self.config.services_key();
+        if let Ok((value, cas)) = host::shared_get(&key) {
+            let count = value.as_deref().map_or(0, decode_count);
+            let _ = host::shared_set(&key, &count.saturating_sub(1).to_le_bytes(), cas);
+        }
+    }
+
+    /// Takes the service's lease for `hold_ms` unless another worker holds an unexpired one.
+    fn take_lease(&self, id: &str, now: u64, hold_ms: u64) -> bool {
+        let key = self.config.lease_key(id);
         let Ok((value, cas)) = host::shared_get(&key) else {
             return false;
         };
         if lease_held(value.as_deref(), now) {
             return false;
         }
-        let expires = now + self.lease_ms();
-        host::shared_set(&key, &encode_lease(expires), cas).is_ok()
+        host::shared_set(&key, &encode_lease(now + hold_ms), cas).is_ok()
     }
 
-    fn release_lease(&self, service: &str) {
-        let key = self.config.lease_key(service);
-        if let Err(status) = host::shared_set(&key, &encode_lease(0), None) {
-            log::debug!("consul-enricher: cannot release the lease of {service}: {status:?}");
+    /// After a call: the lease is free again, or after a watch it stays taken until
+    /// `consul.min_watch_interval_ms` after the watch began, so that a service whose index
+    /// moves all the time is still asked at most that often.
+    fn end_lease(&self, id: &str, sent_ms: u64, watched: bool) {
+        let interval = u64::from(self.config.consul.min_watch_interval_ms);
+        let until = if watched { sent_ms + interval } else { 0 };
+        if until <= host::now_ms() {
+            self.release_lease(id);
+        } else if let Err(status) =
+            host::shared_store(&self.config.lease_key(id), &encode_lease(until))
+        {
+            log::debug!("consul-enricher: cannot keep the lease of {id}: {status:?}");
         }
     }
 
-    fn lease_ms(&self) -> u64 {
+    fn release_lease(&self, id: &str) {
+        let key = self.config.lease_key(id);
+        if let Err(status) = host::shared_store(&key, &encode_lease(0)) {
+            log::debug!("consul-enricher: cannot release the lease of {id}: {status:?}");
+        }
+    }
+
+    /// How long a lookup may take: the call's timeout and a second for the host.
+    fn lookup_ms(&self) -> u64 {
         u64::from(self.config.consul.timeout_ms) + 1000
     }
 
-    fn dispatch_catalog(&self, target: &ServiceTarget) -> Result<u32, Status> {
+    /// The dispatch timeout of a blocking query: Consul answers within `wait` plus up to
+    /// wait/16 of jitter (Consul docs, "Blocking Queries"), then the call's own timeout.
+    fn watch_timeout_ms(&self) -> u32 {
+        let wait = self.config.consul.wait_s.saturating_mul(1000);
+        wait.saturating_add(wait / 16)
+            .saturating_add(self.config.consul.timeout_ms)
+    }
+
+    /// Sends the lookup; `waiter` is the request (Kong) that waits on this call alone,
+    /// `leased` whether this worker holds the service's lease for it, `watch_from` the index
+    /// of a blocking query.
+    fn dispatch_lookup(
+        &self,
+        target: &ServiceTarget,
+        id: &str,
+        waiter: Option<u32>,
+        leased: bool,
+        watch_from: Option<u64>,
+    ) -> Result<u32, Status> {
         let c = &self.config.consul;
-        let path = catalog_path(&target.name, target.datacenter.as_deref(), c);
+        let dc = target.datacenter_or(&c.datacenter);
+        let path = lookup_path(&target.name, dc, c, watch_from);
         let mut headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
@@ -113,164 +262,250 @@ impl Shared {
         if !c.token.is_empty() {
             headers.push(("x-consul-token", c.token.as_str()));
         }
-        let token = host::dispatch(&c.upstream, headers, None, c.timeout_ms)?;
-        host::increment(self.metrics.consul_calls, 1);
+        let timeout = match watch_from {
+            Some(_) => self.watch_timeout_ms(),
+            None => c.timeout_ms,
+        };
+        let token = host::dispatch(&c.upstream, headers, None, timeout)?;
+        self.metrics.count(Counter::ConsulCalls, 1);
         self.state.borrow_mut().calls.insert(
             token,
-            Call::Catalog {
-                service: target.name.clone(),
+            Call::Lookup {
+                id: id.to_string(),
                 sent_ms: host::now_ms(),
+                waiter,
+                leased,
+                watch_from,
             },
         );
         Ok(token)
     }
 
-    /// A request found nothing usable: join the lookup in flight, or start one.
-    pub fn wait_for_lookup(&self, context_id: u32, target: &ServiceTarget) -> MissOutcome {
+    /// A request found nothing usable: wait for Consul the way the host allows.
+    pub fn wait_for_lookup(
+        &self,
+        context_id: u32,
+        target: &ServiceTarget,
+        id: &str,
+        known: bool,
+    ) -> MissOutcome {
+        if !known && !self.admit_service(id) {
+            return MissOutcome::FailOpen;
+        }
+        match self.config.host {
+            HostKind::Kong => self.wait_on_own_call(context_id, target, id),
+            HostKind::Envoy => self.wait_on_shared_lookup(context_id, target, id),
+        }
+    }
+
+    /// Kong: the request dispatches its own call and the host resumes it once answered.
+    fn wait_on_own_call(&self, context_id: u32, target: &ServiceTarget, id: &str) -> MissOutcome {
+        match self.dispatch_lookup(target, id, Some(context_id), false, None) {
+            Ok(_) => MissOutcome::Paused,
+            Err(status) => {
+                self.dispatch_failed(id, status);
+                MissOutcome::FailOpen
+            }
+        }
+    }
+
+    /// Envoy: join the lookup in flight in this worker, or start one (or, when another
+    /// worker holds the lease, poll shared data for its answer from the tick).
+    fn wait_on_shared_lookup(
+        &self,
+        context_id: u32,
+        target: &ServiceTarget,
+        id: &str,
+    ) -> MissOutcome {
         let now = host::now_ms();
         {
             let mut state = self.state.borrow_mut();
-            if let Some(p) = state.pending.get_mut(&target.name) {
+            if let Some(p) = state.pending.get_mut(id) {
                 p.waiters.push(context_id);
-                host::increment(self.metrics.coalesced_waiters, 1);
+                self.metrics.count(Counter::CoalescedWaiters, 1);
                 return MissOutcome::Paused;
             }
         }
-        let own_call = self.take_lease(&target.name, now);
+        let own_call = self.take_lease(id, now, self.lookup_ms());
         if own_call {
-            if let Err(status) = self.dispatch_catalog(target) {
-                log::warn!(
-                    "consul-enricher: cannot call Consul at {} for {}: {status:?}",
-                    self.config.consul.upstream,
-                    target.name
-                );
-                host::increment(self.metrics.consul_errors, 1);
-                self.release_lease(&target.name);
-                self.record_failure(&target.name);
+            if let Err(status) = self.dispatch_lookup(target, id, None, true, None) {
+                self.release_lease(id);
+                self.dispatch_failed(id, status);
                 return MissOutcome::FailOpen;
             }
         } else {
-            host::increment(self.metrics.coalesced_waiters, 1);
+            self.metrics.count(Counter::CoalescedWaiters, 1);
         }
         self.state.borrow_mut().pending.insert(
-            target.name.clone(),
+            id.to_string(),
             Pending {
                 waiters: vec![context_id],
-                deadline_ms: now + self.lease_ms(),
+                deadline_ms: now + self.lookup_ms(),
                 own_call,
             },
         );
         MissOutcome::Paused
     }
 
-    fn record_failure(&self, service: &str) -> Rc<Entry> {
-        let previous = self.read_entry(service).map(|e| (*e).clone());
+    /// The host refused to send a call: count it and back off.
+    fn dispatch_failed(&self, id: &str, status: Status) {
+        log::warn!(
+            "consul-enricher: cannot call Consul at {} for {id}: {status:?}",
+            self.config.consul.upstream,
+        );
+        self.metrics.count(Counter::ConsulErrors, 1);
+        self.record_failure(id);
+    }
+
+    fn record_failure(&self, id: &str) -> Rc<Entry> {
+        let previous = self.read_entry(id).map(|e| (*e).clone());
         let entry = Entry::after_failure(previous, host::now_ms(), &self.config.cache);
-        self.write_entry(service, &entry);
+        self.write_entry(id, &entry);
         Rc::new(entry)
     }
 
     /// Handles the answer to a dispatched call; `current` is the context the host called.
-    pub fn on_call_response(&self, current: u32, token: u32, num_headers: usize, body_size: usize) {
+    pub fn on_call_response(&self, current: u32, token: u32, body_size: usize) {
         let call = self.state.borrow_mut().calls.remove(&token);
         match call {
-            Some(Call::Catalog { service, sent_ms }) => {
-                self.on_catalog_response(current, &service, sent_ms, num_headers, body_size)
+            Some(Call::Lookup {
+                id,
+                sent_ms,
+                waiter,
+                leased,
+                watch_from,
+            }) => {
+                let entry = self.on_lookup_response(&id, sent_ms, body_size, watch_from);
+                if leased {
+                    self.end_lease(&id, sent_ms, watch_from.is_some());
+                }
+                match waiter {
+                    // Kong delivers the answer to the request that made the call; the host
+                    // resumes it when this callback returns.
+                    Some(waiter) if waiter == current => {
+                        let now = host::now_ms();
+                        self.apply(waiter, Some(Rc::clone(&entry)), waiter_lookup(&entry), now);
+                    }
+                    Some(waiter) => log::debug!(
+                        "consul-enricher: answer for request {waiter} delivered to {current}"
+                    ),
+                    None => self.finish_pending(current, &id, Some(entry)),
+                }
             }
             Some(Call::SpanExport { spans }) => self.on_export_response(spans),
             None => log::debug!("consul-enricher: answer to an unknown call {token}"),
         }
     }
 
-    fn on_catalog_response(
+    /// Stores what Consul answered (or the failure) and returns the service's entry.
+    fn on_lookup_response(
         &self,
-        current: u32,
-        service: &str,
+        id: &str,
         sent_ms: u64,
-        num_headers: usize,
         body_size: usize,
-    ) {
+        watch_from: Option<u64>,
+    ) -> Rc<Entry> {
         let status = host::call_response_header(":status");
+        // ngx_wasm_module puts `:dispatch_status` on every call response: `ok` when the call
+        // succeeded, otherwise why it failed (`ngx_proxy_wasm_maps.c`,
+        // `ngx_wasm_socket_tcp.c` errlist); a failed call has no `:status` on either host.
         let dispatch_status = host::call_response_header(":dispatch_status");
-        let failed = num_headers == 0 || dispatch_status.is_some();
-        let body = if failed || body_size > self.config.consul.max_body_bytes as usize {
+        let failed = status.is_none() || dispatch_status.as_deref().is_some_and(|s| s != "ok");
+        match self.read_answer(status.as_deref(), failed, body_size) {
+            Ok(catalog) => self.store_answer(id, catalog, watch_from),
+            Err(err) => {
+                // Kong names a timeout in `:dispatch_status`; Envoy answers a 504 or a bare
+                // failure, so a failed call that took the whole timeout counts as one.
+                let timeout_ms = match watch_from {
+                    Some(_) => u64::from(self.watch_timeout_ms()),
+                    None => u64::from(self.config.consul.timeout_ms),
+                };
+                let timed_out = dispatch_status.as_deref() == Some("timeout")
+                    || host::now_ms().saturating_sub(sent_ms) >= timeout_ms;
+                let counter = if timed_out {
+                    Counter::ConsulTimeouts
+                } else {
+                    Counter::ConsulErrors
+                };
+                self.metrics.count(counter, 1);
+                log::warn!(
+                    "consul-enricher: Consul lookup of {id} failed: {}{}; serving without \
+                     fresh data and backing off",
+                    err.as_str(),
+                    if timed_out { " (timeout)" } else { "" },
+                );
+                self.record_failure(id)
+            }
+        }
+    }
+
+    fn read_answer(
+        &self,
+        status: Option<&str>,
+        failed: bool,
+        body_size: usize,
+    ) -> Result<Catalog, CatalogError> {
+        let c = &self.config.consul;
+        let body = if failed || body_size > c.max_body_bytes as usize {
             Vec::new()
         } else {
             host::call_response_body(body_size)
         };
         let index = host::call_response_header("x-consul-index");
-        let parsed = parse_catalog(
-            status.as_deref(),
-            failed,
-            index.as_deref(),
-            &body,
-            body_size,
-            &self.config.consul,
-        );
-        let entry = match parsed {
-            Ok(catalog) => {
-                if catalog.dropped > 0 {
-                    log::warn!(
-                        "consul-enricher: {service} has {} more instances than consul.max_instances; ignored",
-                        catalog.dropped
-                    );
-                }
-                if catalog.invalid > 0 {
-                    log::warn!(
-                        "consul-enricher: {service}: {} entries of Consul's answer are not a usable instance; skipped",
-                        catalog.invalid
-                    );
-                }
-                let entry = Entry::from_answer(
-                    catalog.instances,
-                    catalog.index,
-                    host::now_ms(),
-                    &self.config.cache,
-                );
-                self.write_entry(service, &entry);
-                Rc::new(entry)
-            }
-            Err(err) => {
-                // Kong names a timeout in `:dispatch_status`; Envoy answers a 504 or a bare
-                // failure, so a failed call that took the whole timeout counts as one.
-                let timeout_ms = u64::from(self.config.consul.timeout_ms);
-                let timed_out = dispatch_status.as_deref() == Some("timeout")
-                    || host::now_ms().saturating_sub(sent_ms) >= timeout_ms;
-                if timed_out {
-                    host::increment(self.metrics.consul_timeouts, 1);
-                } else {
-                    host::increment(self.metrics.consul_errors, 1);
-                }
-                log::warn!(
-                    "consul-enricher: Consul lookup of {service} failed: {}{}{}",
-                    err.as_str(),
-                    if timed_out { " (timeout)" } else { "" },
-                    if failed {
-                        ""
-                    } else {
-                        "; serving without enrichment and backing off"
-                    }
-                );
-                self.record_failure(service)
-            }
+        let parse = match c.endpoint {
+            ConsulEndpoint::Catalog => parse_catalog,
+            ConsulEndpoint::Health => parse_health,
         };
-        self.release_lease(service);
-        self.finish_pending(current, service, Some(entry));
+        parse(status, failed, index.as_deref(), &body, body_size, c)
     }
 
-    /// Resumes every request waiting on `service`, enriched from `entry` where it is usable.
-    fn finish_pending(&self, current: u32, service: &str, entry: Option<Rc<Entry>>) {
-        let Some(pending) = self.state.borrow_mut().pending.remove(service) else {
+    /// Stores a successful answer. An agent's cached answer (`consul.cached`) is as old as
+    /// its `Age` header says (Consul docs, "Agent Caching"), so it turns stale that much
+    /// sooner.
+    fn store_answer(&self, id: &str, catalog: Catalog, watch_from: Option<u64>) -> Rc<Entry> {
+        if catalog.dropped > 0 {
+            log::warn!(
+                "consul-enricher: {id} has {} more instances than consul.max_instances; ignored",
+                catalog.dropped
+            );
+        }
+        if catalog.invalid > 0 {
+            log::warn!(
+                "consul-enricher: {id}: {} entries of Consul's answer are not a usable instance; skipped",
+                catalog.invalid
+            );
+        }
+        if watch_from.is_some_and(|from| catalog.index < from) {
+            log::info!("consul-enricher: Consul's index for {id} went backwards; watching anew");
+        }
+        let age_ms = match self.config.consul.cached {
+            true => host::call_response_header("age")
+                .and_then(|a| a.trim().parse::<u64>().ok())
+                .map_or(0, |s| s.saturating_mul(1000)),
+            false => 0,
+        };
+        let now = host::now_ms().saturating_sub(age_ms);
+        // Consul's rules for the next blocking query: an index that went backwards starts
+        // over from 0, and an index of 0 is taken as 1 (docs, "Blocking Queries").
+        let index = match watch_from {
+            Some(from) if catalog.index < from => 0,
+            _ => catalog.index.max(1),
+        };
+        let entry = Entry::from_answer(catalog.instances, index, now, &self.config.cache);
+        self.write_entry(id, &entry);
+        Rc::new(entry)
+    }
+
+    /// Resumes every request waiting on `id`, enriched from `entry` where it is usable.
+    fn finish_pending(&self, current: u32, id: &str, entry: Option<Rc<Entry>>) {
+        let Some(pending) = self.state.borrow_mut().pending.remove(id) else {
             return;
         };
-        let lookup = match entry.as_deref().map(|e| decide(Some(e), host::now_ms())) {
-            Some(Lookup::Hit) | Some(Lookup::Stale { .. }) => Lookup::Miss,
-            Some(Lookup::Negative) => Lookup::Negative,
-            _ => Lookup::Backoff,
-        };
+        let lookup = entry.as_ref().map_or(Lookup::Backoff, waiter_lookup);
+        // Only Envoy registers waiters (see the module comment): it resumes them here.
         for waiter in pending.waiters {
             if host::switch_to(waiter) {
-                self.apply(waiter, entry.clone(), lookup);
+                self.apply(waiter, entry.clone(), lookup, host::now_ms());
                 host::resume_request();
             }
         }
@@ -281,74 +516,118 @@ impl Shared {
     /// the ones past their deadline.
     pub fn poll_pending(&self, root_id: u32) {
         let now = host::now_ms();
-        let services: Vec<(String, bool, u64)> = self
+        let pending: Vec<(String, bool, u64)> = self
             .state
             .borrow()
             .pending
             .iter()
-            .map(|(s, p)| (s.clone(), p.own_call, p.deadline_ms))
+            .map(|(id, p)| (id.clone(), p.own_call, p.deadline_ms))
             .collect();
-        for (service, own_call, deadline) in services {
-            let entry = self.read_entry(&service);
+        for (id, own_call, deadline) in pending {
+            let entry = self.read_entry(&id);
             let answered = !own_call && decide(entry.as_deref(), now) != Lookup::Miss;
             if answered {
-                self.finish_pending(root_id, &service, entry);
+                self.finish_pending(root_id, &id, entry);
             } else if now >= deadline {
-                host::increment(self.metrics.consul_timeouts, 1);
-                log::warn!("consul-enricher: no Consul answer for {service} in time; serving without enrichment");
+                self.metrics.count(Counter::ConsulTimeouts, 1);
+                log::warn!(
+                    "consul-enricher: no Consul answer for {id} in time; serving without enrichment"
+                );
                 let entry = if own_call {
-                    self.release_lease(&service);
-                    Some(self.record_failure(&service))
+                    self.release_lease(&id);
+                    Some(self.record_failure(&id))
                 } else {
                     entry
                 };
-                self.finish_pending(root_id, &service, entry);
+                self.finish_pending(root_id, &id, entry);
             }
         }
     }
 
-    /// From the tick: refresh stale services in the background, one call per service for
-    /// the whole gateway (the lease).
-    pub fn refresh_stale(&self) {
-        let wanted = std::mem::take(&mut self.state.borrow_mut().refresh_wanted);
+    /// A request used the service's entry: with `consul.watch` the service is watched while
+    /// in use; otherwise a stale entry is refreshed. Both happen on the next tick.
+    pub fn note_use(&self, target: &ServiceTarget, id: &str, lookup: Lookup, now: u64) {
+        let wanted = self.config.consul.watch || lookup == (Lookup::Stale { refresh: true });
+        if !wanted {
+            return;
+        }
+        let mut state = self.state.borrow_mut();
+        match state.refresh_wanted.get_mut(id) {
+            Some((_, used)) => *used = now,
+            None => {
+                state
+                    .refresh_wanted
+                    .insert(id.to_string(), (target.clone(), now));
+            }
+        }
+    }
+
+    /// From the tick: one background call per wanted service for the whole gateway (the
+    /// lease): a refresh of a stale entry, or, with `consul.watch`, a blocking query from
+    /// the entry's index, at most one per `consul.min_watch_interval_ms`. A watched
+    /// service that no request of this worker used for a TTL is no longer watched by it.
+    pub fn refresh_wanted(&self) {
         let now = host::now_ms();
-        for service in wanted {
-            if self.state.borrow().pending.contains_key(&service) {
+        let ttl_ms = u64::from(self.config.cache.ttl_s) * 1000;
+        let watch = self.config.consul.watch;
+        let wanted: Vec<(String, ServiceTarget)> = {
+            let mut state = self.state.borrow_mut();
+            if watch {
+                state
+                    .refresh_wanted
+                    .retain(|_, (_, used)| now.saturating_sub(*used) < ttl_ms);
+                state
+                    .refresh_wanted
+                    .iter()
+                    .map(|(id, (t, _))| (id.clone(), t.clone()))
+                    .collect()
+            } else {
+                state
+                    .refresh_wanted
+                    .drain()
+                    .map(|(id, (t, _))| (id, t))
+                    .collect()
+            }
+        };
+        for (id, target) in wanted {
+            if self.state.borrow().pending.contains_key(&id) {
                 continue;
             }
-            let Some(entry) = self.read_entry(&service) else {
+            let Some(entry) = self.read_entry(&id) else {
                 continue;
             };
-            if decide(Some(&entry), now) != (Lookup::Stale { refresh: true }) {
+            let lookup = decide(Some(&entry), now);
+            let (watch_from, hold_ms) = if watch {
+                if now < entry.retry_after && entry.failures > 0 {
+                    continue;
+                }
+                // An index of 0 asks without blocking, which is how a watch starts over
+                // after Consul's index went backwards (docs, "Blocking Queries").
+                (Some(entry.index), u64::from(self.watch_timeout_ms()) + 1000)
+            } else if lookup == (Lookup::Stale { refresh: true }) {
+                (None, self.lookup_ms())
+            } else {
                 continue;
-            }
-            if !self.take_lease(&service, now) {
-                continue;
-            }
-            let target = ServiceTarget {
-                name: service.clone(),
-                datacenter: entry
-                    .instances
-                    .first()
-                    .map(|i| i.datacenter.clone())
-                    .filter(|dc| !dc.is_empty() && self.config.consul.datacenter != *dc),
             };
-            match self.dispatch_catalog(&target) {
+            if !self.take_lease(&id, now, hold_ms) {
+                continue;
+            }
+            match self.dispatch_lookup(&target, &id, None, true, watch_from) {
                 Ok(_) => {
                     self.state.borrow_mut().pending.insert(
-                        service,
+                        id,
                         Pending {
                             waiters: Vec::new(),
-                            deadline_ms: now + self.lease_ms(),
+                            deadline_ms: now + hold_ms,
                             own_call: true,
                         },
                     );
                 }
                 Err(status) => {
-                    log::warn!("consul-enricher: cannot refresh {service}: {status:?}");
-                    host::increment(self.metrics.consul_errors, 1);
-                    self.release_lease(&service);
-                    self.record_failure(&service);
+                    log::warn!("consul-enricher: cannot refresh {id}: {status:?}");
+                    self.metrics.count(Counter::ConsulErrors, 1);
+                    self.release_lease(&id);
+                    self.record_failure(&id);
                 }
             }
         }
@@ -356,19 +635,18 @@ impl Shared {
 
     /// Writes the service-level enrichment into the request of `context_id`, which must be
     /// the effective context.
-    pub fn apply(&self, context_id: u32, entry: Option<Rc<Entry>>, lookup: Lookup) {
-        let now = host::now_ms();
+    pub fn apply(&self, context_id: u32, entry: Option<Rc<Entry>>, lookup: Lookup, now: u64) {
         let mut state = self.state.borrow_mut();
         let WorkerState { requests, memo, .. } = &mut *state;
         let Some(req) = requests.get_mut(&context_id) else {
             return;
         };
-        let Some(target) = req.target.as_ref() else {
+        let Some((target, id)) = req.target.as_ref() else {
             return;
         };
         let usable = matches!(lookup, Lookup::Hit | Lookup::Stale { .. } | Lookup::Miss);
         let entry = entry.filter(|_| usable);
-        let e = service_enrichment(&self.config, memo, &target.name, &entry, lookup);
+        let e = service_enrichment(&self.config, memo, &target.name, id, &entry, lookup);
         if self.config.headers.request {
             for (name, value) in &e.headers {
                 host::set_header(MapType::HttpRequestHeaders, name, value);
@@ -383,10 +661,10 @@ impl Shared {
                 host::set_header(MapType::HttpRequestHeaders, "baggage", &baggage.to_header());
             }
         }
-        if !e.headers.is_empty() {
-            host::increment(self.metrics.enriched, 1);
+        if entry.is_some() {
+            self.metrics.count(Counter::Enriched, 1);
         }
-        host::increment(lookup.metric(&self.metrics), 1);
+        self.metrics.count(lookup.counter(), 1);
         let mut attributes = Attributes::with_capacity(e.attributes.len() + 8);
         attributes.extend_from_slice(&e.attributes);
         attributes.append(&mut req.baggage_attributes);
@@ -399,9 +677,23 @@ impl Shared {
         req.attributes = attributes;
         req.service = Some(e);
         req.entry = entry;
-        if self.config.host == HostKind::Kong && self.config.kong_ctx_shared {
-            write_kong_ctx(&req.attributes);
-        }
+    }
+}
+
+/// The gateway-wide count of services with an entry, as stored in shared data.
+fn decode_count(bytes: &[u8]) -> u32 {
+    bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+/// What a request that waited for Consul is labelled: a miss when the answer is usable.
+fn waiter_lookup(entry: &Rc<Entry>) -> Lookup {
+    match decide(Some(entry), host::now_ms()) {
+        Lookup::Hit | Lookup::Stale { .. } => Lookup::Miss,
+        Lookup::Negative => Lookup::Negative,
+        _ => Lookup::Backoff,
     }
 }
 
@@ -411,12 +703,13 @@ fn service_enrichment(
     config: &Config,
     memo: &mut HashMap<String, Memo>,
     service: &str,
+    id: &str,
     entry: &Option<Rc<Entry>>,
     lookup: Lookup,
 ) -> Rc<Enrichment> {
     let label = lookup.label();
     let memo = memo
-        .get_mut(service)
+        .get_mut(id)
         .filter(|m| entry.as_ref().is_some_and(|e| Rc::ptr_eq(e, &m.entry)));
     if let Some((memo_label, e)) = memo.as_ref().and_then(|m| m.service.as_ref()) {
         if *memo_label == label {
@@ -431,9 +724,25 @@ fn service_enrichment(
     e
 }
 
-pub fn write_kong_ctx(attributes: &Attributes) {
-    host::set_property(
-        &["kong", "ctx", "shared", "consul_enricher"],
-        enrich::to_json_object(attributes).as_bytes(),
-    );
+impl Shared {
+    /// Hands the request's attributes to Kong's Lua (`kong.ctx.shared.consul_enricher`),
+    /// where the span companion reads them. A host that refuses the property (an nginx
+    /// without Kong's Lua, or a module built with another property namespace answers
+    /// NotFound) is told once per worker, and not asked again.
+    pub fn write_kong_ctx(&self, attributes: &Attributes) {
+        if !self.kong_ctx_writable.get() {
+            return;
+        }
+        let value = enrich::to_json_object(attributes);
+        if let Err(status) = host::set_property(
+            &["kong", "ctx", "shared", "consul_enricher"],
+            value.as_bytes(),
+        ) {
+            self.kong_ctx_writable.set(false);
+            log::warn!(
+                "consul-enricher: this host refuses kong.ctx.shared ({status:?}): Kong's span \
+                 companion gets nothing from this worker; set kong_ctx_shared to false to silence this"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ mod lookup;
 mod root;
 mod spans;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
@@ -30,49 +30,99 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
 }}
 
-/// Counters, defined once per worker in `on_configure`. `None` where the host refused
-/// the definition: the filter still works, it just cannot count.
-#[derive(Default)]
+/// The filter's counters (`consul_enricher_<name>_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Requests,
+    Enriched,
+    CacheHits,
+    CacheMisses,
+    CacheStale,
+    ConsulCalls,
+    ConsulErrors,
+    ConsulTimeouts,
+    CoalescedWaiters,
+    InvalidTraceparent,
+    InvalidBaggage,
+    Stripped,
+    ServicesCapped,
+    SpansExported,
+    SpansDropped,
+}
+
+const COUNTER_NAMES: [(Counter, &str); 15] = [
+    (Counter::Requests, "consul_enricher_requests_total"),
+    (Counter::Enriched, "consul_enricher_enriched_total"),
+    (Counter::CacheHits, "consul_enricher_cache_hits_total"),
+    (Counter::CacheMisses, "consul_enricher_cache_misses_total"),
+    (Counter::CacheStale, "consul_enricher_cache_stale_total"),
+    (Counter::ConsulCalls, "consul_enricher_consul_calls_total"),
+    (Counter::ConsulErrors, "consul_enricher_consul_errors_total"),
+    (
+        Counter::ConsulTimeouts,
+        "consul_enricher_consul_timeouts_total",
+    ),
+    (
+        Counter::CoalescedWaiters,
+        "consul_enricher_coalesced_waiters_total",
+    ),
+    (
+        Counter::InvalidTraceparent,
+        "consul_enricher_invalid_traceparent_total",
+    ),
+    (
+        Counter::InvalidBaggage,
+        "consul_enricher_invalid_baggage_total",
+    ),
+    (Counter::Stripped, "consul_enricher_stripped_total"),
+    (
+        Counter::ServicesCapped,
+        "consul_enricher_services_capped_total",
+    ),
+    (
+        Counter::SpansExported,
+        "consul_enricher_spans_exported_total",
+    ),
+    (Counter::SpansDropped, "consul_enricher_spans_dropped_total"),
+];
+
+/// Counters defined once per worker in `on_configure` (`None` where the host refused the
+/// definition: the filter still works, it just cannot count). Counts accumulate in the
+/// worker and reach the host on the tick, so counting costs a request no host call.
 pub struct Metrics {
-    pub requests: Option<u32>,
-    pub enriched: Option<u32>,
-    pub cache_hits: Option<u32>,
-    pub cache_misses: Option<u32>,
-    pub cache_stale: Option<u32>,
-    pub consul_calls: Option<u32>,
-    pub consul_errors: Option<u32>,
-    pub consul_timeouts: Option<u32>,
-    pub coalesced_waiters: Option<u32>,
-    pub invalid_traceparent: Option<u32>,
-    pub invalid_baggage: Option<u32>,
-    pub spans_exported: Option<u32>,
-    pub spans_dropped: Option<u32>,
+    ids: [Option<u32>; COUNTER_NAMES.len()],
+    pending: [Cell<u64>; COUNTER_NAMES.len()],
 }
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |name| host::define_counter(name);
         Metrics {
-            requests: c("consul_enricher_requests_total"),
-            enriched: c("consul_enricher_enriched_total"),
-            cache_hits: c("consul_enricher_cache_hits_total"),
-            cache_misses: c("consul_enricher_cache_misses_total"),
-            cache_stale: c("consul_enricher_cache_stale_total"),
-            consul_calls: c("consul_enricher_consul_calls_total"),
-            consul_errors: c("consul_enricher_consul_errors_total"),
-            consul_timeouts: c("consul_enricher_consul_timeouts_total"),
-            coalesced_waiters: c("consul_enricher_coalesced_waiters_total"),
-            invalid_traceparent: c("consul_enricher_invalid_traceparent_total"),
-            invalid_baggage: c("consul_enricher_invalid_baggage_total"),
-            spans_exported: c("consul_enricher_spans_exported_total"),
-            spans_dropped: c("consul_enricher_spans_dropped_total"),
+            ids: COUNTER_NAMES.map(|(_, name)| host::define_counter(name)),
+            pending: Default::default(),
+        }
+    }
+
+    pub fn count(&self, counter: Counter, by: u64) {
+        if let Some(cell) = self.pending.get(counter as usize) {
+            cell.set(cell.get().saturating_add(by));
+        }
+    }
+
+    /// Hands the accumulated counts to the host (from the tick).
+    pub fn flush(&self) {
+        for (id, cell) in self.ids.iter().zip(&self.pending) {
+            let by = cell.take();
+            if by > 0 {
+                host::increment(*id, by);
+            }
         }
     }
 }
 
 /// What the filter knows about one request between its callbacks.
 pub struct RequestState {
-    pub target: Option<ServiceTarget>,
+    /// The Consul service of this request and its cache id (`ServiceTarget::cache_id`).
+    pub target: Option<(ServiceTarget, String)>,
     pub trace: Option<TraceParent>,
     /// Our span id when this request is traced by the filter's own span.
     pub span_id: Option<[u8; 8]>,
@@ -92,7 +142,8 @@ pub struct RequestState {
     pub service: Option<Rc<Enrichment>>,
 }
 
-/// A Consul lookup this worker is waiting for, with the requests paused on it.
+/// A Consul lookup this worker is waiting for, with the requests paused on it (Envoy; a
+/// background refresh has none).
 pub struct Pending {
     pub waiters: Vec<u32>,
     /// Give up on the lookup (fail open) at this time.
@@ -104,25 +155,43 @@ pub struct Pending {
 
 /// Why a dispatched call was made.
 pub enum Call {
-    Catalog { service: String, sent_ms: u64 },
-    SpanExport { spans: u64 },
+    Lookup {
+        id: String,
+        sent_ms: u64,
+        /// The request waiting on this call alone (Kong), if any.
+        waiter: Option<u32>,
+        /// Whether this worker took the service's lease for this call.
+        leased: bool,
+        /// A blocking query (`consul.watch`) from this index.
+        watch_from: Option<u64>,
+    },
+    SpanExport {
+        spans: u64,
+    },
 }
 
-/// The decoded entry of a service with the shared-data CAS it was read at, so that an
+/// The decoded entry of a service (by cache id) with the shared-data CAS it was read at, so that an
 /// unchanged value is not decoded again, and its service-level enrichment, so that it is
 /// not computed again for every request (with the lookup label it was computed for).
 pub struct Memo {
     pub cas: Option<u32>,
+    /// When shared data last showed this entry.
+    pub checked_ms: u64,
     pub entry: Rc<Entry>,
     pub service: Option<(&'static str, Rc<Enrichment>)>,
 }
 
 pub struct WorkerState {
     pub requests: HashMap<u32, RequestState>,
+    /// By cache id.
     pub pending: HashMap<String, Pending>,
     pub calls: HashMap<u32, Call>,
-    /// Services seen stale since the last tick (few; kept without duplicates).
-    pub refresh_wanted: Vec<String>,
+    /// Services to refresh or watch from the next tick, by cache id (kept without
+    /// duplicates), with the time this worker last served a request for them.
+    pub refresh_wanted: HashMap<String, (ServiceTarget, u64)>,
+    /// Entries of services unknown to Consul this worker stored, with their expiry: the
+    /// tick removes them from shared data once expired, so invented names cannot fill it.
+    pub negative_written: VecDeque<(String, u64)>,
     pub memo: HashMap<String, Memo>,
     pub spans: VecDeque<SpanRecord>,
     pub span_ids: SpanIds,
@@ -136,6 +205,8 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
     pub state: RefCell<WorkerState>,
+    /// False once the host refused `kong.ctx.shared`.
+    pub kong_ctx_writable: Cell<bool>,
 }
 
 /// How often a worker's tick runs: it polls for answers other workers fetched, enforces
@@ -143,11 +214,11 @@ pub struct Shared {
 pub const TICK_MS: u64 = 50;
 
 impl Lookup {
-    fn metric(self, m: &Metrics) -> Option<u32> {
+    fn counter(self) -> Counter {
         match self {
-            Lookup::Hit | Lookup::Negative => m.cache_hits,
-            Lookup::Stale { .. } => m.cache_stale,
-            Lookup::Miss | Lookup::Backoff => m.cache_misses,
+            Lookup::Hit | Lookup::Negative => Counter::CacheHits,
+            Lookup::Stale { .. } => Counter::CacheStale,
+            Lookup::Miss | Lookup::Backoff => Counter::CacheMisses,
         }
     }
 }

@@ -1,13 +1,11 @@
 //! The root context: configuration, metrics, and the per-worker tick.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
@@ -28,42 +26,51 @@ impl Root {
     }
 }
 
+/// An invalid configuration. Envoy refuses a filter whose `on_configure` fails and keeps
+/// the configuration it runs (a listener update is rejected), which is what an Envoy
+/// operator expects. ngx_wasm_module instead makes every worker exit while the master stays
+/// up, so every request hangs (seen on the engine Kong 3.9 ships); Kong also validates the
+/// configuration against `consul_enricher.meta.json` when it is set. So unless the
+/// configuration says `"host": "envoy"`, the filter stays loaded and passes every request
+/// through untouched, and says why at the error level.
+fn pass_through_unless_envoy(bytes: &[u8], why: &str) -> bool {
+    if Config::declared_host(bytes) == Some(crate::config::HostKind::Envoy) {
+        log::error!("consul-enricher: {why}");
+        return false;
+    }
+    log::error!("consul-enricher: passing every request through: {why}");
+    true
+}
+
 impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
-            shared.on_call_response(self.id, token, num_headers, body_size);
+            shared.on_call_response(self.id, token, body_size);
         }
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = host::buffer(BufferType::PluginConfiguration, size);
         let config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                log::error!("consul-enricher: {e}");
-                return false;
+                self.shared = None;
+                return pass_through_unless_envoy(&bytes, &e.to_string());
             }
         };
         let seed = host::random_u64() ^ host::now_nanos();
         let shared = Shared {
             config,
             metrics: Metrics::define(),
+            kong_ctx_writable: Cell::new(true),
             state: RefCell::new(WorkerState {
                 requests: HashMap::new(),
                 pending: HashMap::new(),
                 calls: HashMap::new(),
-                refresh_wanted: Vec::new(),
+                refresh_wanted: HashMap::new(),
+                negative_written: VecDeque::new(),
                 memo: HashMap::new(),
                 spans: VecDeque::new(),
                 span_ids: SpanIds::new(seed),
@@ -72,8 +79,10 @@ impl RootContext for Root {
                 invalid_inputs: 0,
             }),
         };
-        if hostcalls::set_tick_period(Duration::from_millis(TICK_MS)).is_err() {
-            log::warn!("consul-enricher: no tick: background refresh and span export are off");
+        if host::set_tick_period_ms(TICK_MS as u32).is_err() {
+            log::warn!(
+                "consul-enricher: no tick: background refresh, span export and metrics are off"
+            );
         }
         log::info!(
             "consul-enricher: configured (host {}, Consul at {})",
@@ -90,8 +99,10 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.poll_pending(self.id);
-            shared.refresh_stale();
+            shared.refresh_wanted();
+            shared.remove_expired_unknowns();
             shared.flush_spans();
+            shared.metrics.flush();
         }
     }
 

@@ -1,9 +1,7 @@
 //! The filter's own spans: queued per worker, exported in batches from the tick.
 
-use proxy_wasm::types::MapType;
-
 use super::host;
-use super::{Call, RequestState, Shared};
+use super::{Call, Counter, RequestState, Shared};
 use crate::span::{encode_export, SpanRecord};
 
 /// Export calls in flight per worker; more spans wait in the queue.
@@ -18,7 +16,7 @@ impl Shared {
         let name = match &req.target {
             Some(t) => {
                 let mut n = String::from("consul-enricher ");
-                n.push_str(&t.name);
+                n.push_str(&t.0.name);
                 n
             }
             None => String::from("consul-enricher"),
@@ -34,7 +32,7 @@ impl Shared {
         };
         let mut state = self.state.borrow_mut();
         if state.spans.len() >= self.config.spans.max_queue as usize {
-            host::increment(self.metrics.spans_dropped, 1);
+            self.metrics.count(Counter::SpansDropped, 1);
         } else {
             state.spans.push_back(record);
         }
@@ -82,7 +80,7 @@ impl Shared {
                     "consul-enricher: cannot export spans to {}: {status:?}",
                     sp.upstream
                 );
-                host::increment(self.metrics.spans_dropped, count);
+                self.metrics.count(Counter::SpansDropped, count);
             }
         }
     }
@@ -92,17 +90,18 @@ impl Shared {
             let mut state = self.state.borrow_mut();
             state.exports_in_flight = state.exports_in_flight.saturating_sub(1);
         }
-        let status = host::header(MapType::HttpCallResponseHeaders, ":status");
-        let ok = host::header(MapType::HttpCallResponseHeaders, ":dispatch_status").is_none()
-            && status.as_deref().is_some_and(|s| s.starts_with('2'));
+        // A failed call has no `:status` on either host (ngx_wasm_module's
+        // `:dispatch_status` is on every answer, `ok` included).
+        let status = host::call_response_header(":status");
+        let ok = status.as_deref().is_some_and(|s| s.starts_with('2'));
         if ok {
-            host::increment(self.metrics.spans_exported, spans);
+            self.metrics.count(Counter::SpansExported, spans);
         } else {
             log::warn!(
                 "consul-enricher: span export failed (status {}); {spans} spans dropped",
                 status.as_deref().unwrap_or("none")
             );
-            host::increment(self.metrics.spans_dropped, spans);
+            self.metrics.count(Counter::SpansDropped, spans);
         }
     }
 }

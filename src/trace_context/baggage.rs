@@ -148,6 +148,32 @@ fn percent_encode(value: &str, out: &mut String) {
     }
 }
 
+/// The `baggage` value without the list-members whose key starts with `prefix` (ASCII
+/// case-insensitively), and how many were removed. Works on any value, valid or not: no key
+/// or value may contain `,`, so the members kept are kept byte for byte.
+pub fn strip_members(value: &str, prefix: &str) -> (String, usize) {
+    let mut kept = String::with_capacity(value.len());
+    let mut removed = 0;
+    for member in value.split(',') {
+        let key = trim_ows(member.split(['=', ';']).next().unwrap_or_default());
+        let forged = key
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
+        if forged {
+            removed += 1;
+            continue;
+        }
+        if trim_ows(member).is_empty() {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push(',');
+        }
+        kept.push_str(trim_ows(member));
+    }
+    (kept, removed)
+}
+
 impl Baggage {
     /// Parses a `baggage` value; several `baggage` headers joined with `,` are one value.
     /// Empty and whitespace-only members are dropped (an empty header among several leaves
@@ -506,5 +532,37 @@ mod tests {
         ];
         let reasons: std::collections::BTreeSet<&str> = all.iter().map(|e| e.as_str()).collect();
         assert_eq!(reasons.len(), all.len());
+    }
+
+    #[test]
+    fn strip_members_removes_a_namespace_from_any_value() {
+        let (kept, n) = strip_members(
+            "ui.component=form,consul.service=admin, Consul.Service.Meta.version=evil;p,x=1",
+            "consul.",
+        );
+        assert_eq!((kept.as_str(), n), ("ui.component=form,x=1", 2));
+        let (kept, n) = strip_members("bad member,consul.x=1,,y=2", "consul.");
+        assert_eq!((kept.as_str(), n), ("bad member,y=2", 1));
+        assert_eq!(strip_members("", "consul."), (String::new(), 0));
+        assert_eq!(
+            strip_members("consulx=1", "consul."),
+            ("consulx=1".to_string(), 0)
+        );
+    }
+
+    #[test]
+    fn non_ascii_round_trips_through_one_encoding() {
+        let mut b = Baggage::default();
+        b.append("consul.service.meta.region", "Zürich 100%")
+            .unwrap();
+        assert_eq!(
+            b.to_header(),
+            "consul.service.meta.region=Z%C3%BCrich%20100%25"
+        );
+        let parsed = Baggage::parse(&b.to_header()).unwrap();
+        assert_eq!(
+            parsed.get("consul.service.meta.region").as_deref(),
+            Some("Zürich 100%")
+        );
     }
 }

@@ -2,12 +2,17 @@
 
 - docker-compose.yml against the Compose Specification's JSON schema (the copy vendored
   by check-jsonschema, pinned in requirements.txt, from github.com/compose-spec/compose-spec);
+- envoy/envoy.yaml against Envoy's own API protos (PyPI xds-protos, generated from
+  envoyproxy/data-plane-api): parsed as envoy.config.bootstrap.v3.Bootstrap with unknown
+  fields refused and every typed_config resolved, and no deprecated field, enum value or
+  message (tests/demo/envoy_api.py, which first proves it refuses each of those);
 - the consul_enricher configurations inside kong/kong.yml and envoy/envoy.yaml against
   the filter's Kong schema kong/consul_enricher.meta.json (JSON Schema draft 4);
 - that the three files agree with each other (mounts, DNS, shm_kv zone, clusters,
   instance addresses);
 - the Kong companion plugin's unit test (LuaJIT with lua-cjson, as in Kong);
-- the web page: `npm ci && npm run build` and its unit test.
+- the web page: `npm ci` without a warning (engines included), one version of each
+  @opentelemetry package, `npm run build` and its unit test.
 
 Prints one line per check and exits non-zero if any failed.
 Usage: python tests/demo/check.py [--skip-web]
@@ -21,6 +26,9 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
+import re
+
+import envoy_api
 import jsonschema
 from ruamel.yaml import YAML, YAMLError
 
@@ -28,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FILTER_NAME = "consul_enricher"
 WASM_FILE = f"{FILTER_NAME}.wasm"
 COMPANION_PLUGIN = "consul-enricher-span"
+FILTER_STATE_PREFIX = "wasm.consul_enricher."
 
 
 class Report:
@@ -213,12 +222,35 @@ def check_envoy(report, compose, envoy, config_schema):
     ]
     report.check("Envoy's routes go to defined clusters", all(c in clusters for c in routes), f"routes: {routes}")
 
+    custom_tags = hcm["tracing"]["custom_tags"]
     prefix = config_value(config, config_schema, "headers.prefix")
-    headers = [tag["request_header"]["name"] for tag in hcm["tracing"]["custom_tags"] if "request_header" in tag]
+    headers = [tag["request_header"]["name"] for tag in custom_tags if "request_header" in tag]
     report.check(
         f"Envoy's custom_tags read the filter's headers (prefix {prefix})",
         headers and all(header.startswith(prefix) for header in headers),
         f"headers: {headers}",
+    )
+    # The filter stores the serving instance's attribute <name> with proxy_set_property at
+    # the one-segment path consul_enricher.<name>; Envoy keeps it as the filter state
+    # wasm.consul_enricher.<name> (source/extensions/common/wasm/context.cc, setProperty).
+    state_tags = [tag for tag in custom_tags if "value" in tag]
+    wrong = [
+        tag["tag"]
+        for tag in state_tags
+        if tag["value"] != f"%FILTER_STATE({FILTER_STATE_PREFIX}{tag['tag']}:PLAIN)%"
+    ]
+    report.check(
+        f"Envoy's value custom_tags read the filter state {FILTER_STATE_PREFIX}<tag> as PLAIN",
+        state_tags and not wrong,
+        f"not so: {wrong}" if state_tags else "no custom tag with value",
+    )
+    image = service.get("image", "")
+    match = re.search(r":v(\d+)\.(\d+)", image)
+    version = (int(match.group(1)), int(match.group(2))) if match else None
+    report.check(
+        f"Envoy's image {image} is 1.37 or later (custom tags with value)",
+        not state_tags or (version is not None and version >= (1, 37)),
+        f"version {version}",
     )
 
 
@@ -259,11 +291,36 @@ def check_companion(report):
     run(report, "Kong companion plugin unit test (LuaJIT)", ["luajit", "tests/demo/companion_test.lua"], ROOT)
 
 
+def opentelemetry_copies(node_modules):
+    """{package: {versions}} of every @opentelemetry package installed, nested copies too."""
+    copies = {}
+    for manifest in node_modules.glob("**/node_modules/@opentelemetry/*/package.json"):
+        data = json.loads(manifest.read_text())
+        copies.setdefault(data["name"], set()).add(data["version"])
+    for manifest in node_modules.glob("@opentelemetry/*/package.json"):
+        data = json.loads(manifest.read_text())
+        copies.setdefault(data["name"], set()).add(data["version"])
+    return copies
+
+
 def check_web(report):
     web = ROOT / "web"
-    if run(report, "web: npm ci", ["npm", "ci", "--no-audit", "--no-fund"], web) and run(
-        report, "web: npm run build", ["npm", "run", "build"], web
-    ):
+    print("---- web: npm ci --no-audit --no-fund", flush=True)
+    installed = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund"], cwd=web, capture_output=True, text=True
+    )
+    sys.stdout.write(installed.stdout)
+    sys.stderr.write(installed.stderr)
+    report.check("web: npm ci", installed.returncode == 0, f"exit status {installed.returncode}")
+    warnings = [line for line in (installed.stdout + installed.stderr).splitlines() if line.startswith("npm warn")]
+    report.check("web: npm ci warns of nothing (engines included)", not warnings, "; ".join(warnings[:3]))
+    if installed.returncode != 0:
+        return
+    duplicated = {
+        name: sorted(versions) for name, versions in opentelemetry_copies(web / "node_modules").items() if len(versions) > 1
+    }
+    report.check("web: one version of each OpenTelemetry package", not duplicated, f"{duplicated}")
+    if run(report, "web: npm run build", ["npm", "run", "build"], web):
         bundle = web / "dist" / "app.js"
         report.check("web/dist/app.js is built", bundle.is_file() and bundle.stat().st_size > 0)
         html = (web / "dist" / "index.html").read_text()
@@ -288,6 +345,8 @@ def main():
         return 1
 
     check_compose(report, compose)
+    envoy_api.self_test(report)
+    envoy_api.check(report, envoy)
     check_kong(report, compose, kong, config_schema)
     check_envoy(report, compose, envoy, config_schema)
     check_instances(report, compose, envoy)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs tests/demo/check.py in a virtualenv with the pinned requirements, after making sure
-# LuaJIT and lua-cjson (the companion plugin's test) are installed.
+# Runs tests/demo/check.py in a virtualenv under target/ with the pinned requirements, after
+# making sure LuaJIT and lua-cjson (the companion plugin's test) are installed. Both are
+# installed only when missing: the virtualenv keeps the hash of the requirements it was
+# built from and is brought up to date only when tests/demo/requirements.txt changes.
 # Usage: tests/demo/check.sh [--skip-web]
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${DEMO_CHECK_VENV:-$root/target/demo-check-venv}"
+requirements="$root/tests/demo/requirements.txt"
 
 if ! command -v luajit >/dev/null || ! luajit -e 'require "cjson.safe"' 2>/dev/null; then
   echo "installing luajit and lua-cjson (Debian packages)"
@@ -17,5 +20,11 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/demo/requirements.txt"
+wanted="$(sha256sum "$requirements" | cut -d' ' -f1)"
+stamp="$venv/.requirements.sha256"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "installing tests/demo/requirements.txt into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$wanted" > "$stamp"
+fi
 exec "$venv/bin/python" "$root/tests/demo/check.py" "$@"

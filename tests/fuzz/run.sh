@@ -5,8 +5,9 @@
 #   tests/fuzz/run.sh -max_total_time=30            # each target for 30 seconds
 #   tests/fuzz/run.sh -runs=10000000 json config    # 10 million executions of two targets
 #
-# Installs the nightly toolchain and cargo-fuzz when missing. New corpus entries go to
-# tests/fuzz/corpus/<target> (not committed), crashes to tests/fuzz/artifacts/<target>.
+# Installs the nightly toolchain and cargo-fuzz when missing (tests/tools/ensure.sh). New
+# corpus entries go to tests/fuzz/corpus/<target> (not committed), crashes to
+# tests/fuzz/artifacts/<target>.
 set -uo pipefail
 FUZZ_DIR="$(cd "$(dirname "$0")" && pwd)"
 cd "$FUZZ_DIR/../.."
@@ -20,12 +21,7 @@ for arg in "$@"; do
   esac
 done
 
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  rustup toolchain install nightly --profile minimal || exit 1
-fi
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked || exit 1
-fi
+tests/tools/ensure.sh nightly cargo-fuzz || exit 1
 if [ ${#TARGETS[@]} -eq 0 ]; then
   mapfile -t TARGETS < <(cargo +nightly fuzz list --fuzz-dir "$FUZZ_DIR")
 fi

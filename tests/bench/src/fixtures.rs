@@ -98,9 +98,15 @@ pub fn register(consul: &ConsulStandin, service: &str, instances: usize) {
     }
 }
 
-/// A browser request through the gateway to `<service>.service.consul`.
+/// A traced request to `service` as Kong presents it: the route's Kong service (with its
+/// host) answered by Kong's Lua as `kong.router.service`.
 pub fn traced_request(service: &str) -> RequestSpec {
-    RequestSpec::get(&format!("{service}.service.consul"), "/echo")
+    RequestSpec::get("kong:8000", "/echo")
+        .property(
+            "kong.router.service",
+            &format!(r#"{{"name":"{service}","host":"{service}.service.consul","port":8080}}"#),
+        )
+        .property("kong.version", "3.9.1")
         .header("traceparent", TRACEPARENT)
         .header("baggage", BAGGAGE)
         .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")

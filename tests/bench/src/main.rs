@@ -143,7 +143,7 @@ fn main() -> Result<()> {
     println!("\nConsul load (4 workers):");
     let burst = consul_load::cold_burst(&wasm, sizes.cold_burst)?;
     println!(
-        "  {} concurrent cold requests: {burst} Consul call(s)",
+        "  {} concurrent cold requests: {burst} Consul call(s) (Kong: each waits on a call of its own)",
         sizes.cold_burst
     );
     let steady = consul_load::steady_state(

@@ -11,7 +11,7 @@ use consul_enricher::cache::Lookup;
 use consul_enricher::config::{Config, ConsulConfig};
 use consul_enricher::consul::parse_catalog;
 use consul_enricher::enrich::{
-    baggage_attributes, for_instance, for_service, instance_headers, match_instance, to_json_object, AttrValue,
+    baggage_attributes, for_instance, for_service, instance_headers, match_instance, to_json_object, AttrValue, Peer,
     Attributes, MAX_VALUE_LEN,
 };
 use consul_enricher::trace_context::{Baggage, BaggageError};
@@ -94,12 +94,13 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(Baggage::parse(&after), Ok(baggage));
     }
 
-    let used = match_instance(instances, upstream);
+    let peer = Peer::parse(upstream, None);
+    let used = peer.as_ref().and_then(|p| match_instance(instances, p));
     if let Some(i) = used {
         for (name, value) in instance_headers(&config, i) {
             assert_token("header name", &name);
             assert_clean_value(&name, &value, MAX_VALUE_LEN);
         }
     }
-    assert_clean_attributes(&for_instance(used, Some(upstream)));
+    assert_clean_attributes(&for_instance(used, peer.as_ref()));
 });

@@ -196,7 +196,7 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
         }
     }
     print_logs(&host, logs_printed, level);
-    print_metrics(&host);
+    print_metrics(&mut host);
 }
 
 /// Answers a waiter whose request reached a state the proxy can act on; gives it back
@@ -247,7 +247,12 @@ fn print_logs(host: &Host, printed: usize, level: LogLevel) -> usize {
     logs.len()
 }
 
-fn print_metrics(host: &Host) {
+/// The filter's counters, after a last tick on every worker (the filter hands its counts to
+/// the host on the tick).
+fn print_metrics(host: &mut Host) {
+    if let Err(error) = host.tick_all() {
+        eprintln!("gateway: last tick: {error}");
+    }
     let mut names = host.metric_names();
     names.sort();
     for name in names {

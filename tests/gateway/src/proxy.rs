@@ -165,7 +165,13 @@ impl Gateway {
             ..RequestSpec::default()
         };
         spec = match self.options.flavour {
-            Flavour::Kong => spec.property("ngx.upstream_host", &route.service_host()),
+            // Kong's Lua answers the route's service entity (`kong/runloop/wasm.lua`).
+            Flavour::Kong => spec
+                .property(
+                    "kong.router.service",
+                    &format!(r#"{{"host":"{}"}}"#, route.service_host()),
+                )
+                .property("kong.version", "3.9.1"),
             Flavour::Envoy => spec.property("xds.cluster_name", &route.service),
         };
 

@@ -13,7 +13,7 @@ use wasmtime::{Caller, Linker};
 
 use crate::dispatch::{valid_header, DispatchRecord};
 use crate::shared::{MetricError, MetricKind, SharedDataError};
-use crate::worker::{Deferred, LocalResponse, Phase, WorkerState, ROOT_CONTEXT_ID};
+use crate::worker::{Deferred, LocalResponse, Phase, Step, WorkerState, ROOT_CONTEXT_ID};
 use crate::{Flavour, LogLevel};
 
 const OK: i32 = 0;
@@ -201,6 +201,46 @@ fn edit_map(
     }
 }
 
+/// The request being edited, when this is Kong and the map is its request headers.
+fn kong_request(
+    state: &mut WorkerState,
+    map_type: i32,
+) -> Option<&mut crate::worker::RequestRecord> {
+    if state.shared.flavour != Flavour::Kong || map_type != MAP_REQUEST_HEADERS {
+        return None;
+    }
+    let context = state.effective_context;
+    state.requests.get_mut(&context)
+}
+
+/// ngx_wasm_module's set (`Some`) and remove (`None`) of a request header
+/// (`ngx_http_wasm_set_header_helper`, src/http/ngx_http_wasm_headers.c): a set updates
+/// the first header of that name in place and a remove or a set clears the others by
+/// zeroing their hash, which hides them from the filter but not from nginx's proxy module,
+/// which forwards every `headers_in` entry (`ngx_http_proxy_create_request`,
+/// src/http/modules/ngx_http_proxy_module.c): they stay in `RequestRecord::hidden_headers`.
+fn kong_set_request_header(
+    record: &mut crate::worker::RequestRecord,
+    key: &str,
+    value: Option<String>,
+) {
+    let mut value = value;
+    let mut kept = Vec::with_capacity(record.request_headers.len() + 1);
+    for (name, old) in std::mem::take(&mut record.request_headers) {
+        if !name.eq_ignore_ascii_case(key) {
+            kept.push((name, old));
+        } else if let Some(new) = value.take() {
+            kept.push((name, new));
+        } else {
+            record.hidden_headers.push((name, old));
+        }
+    }
+    if let Some(new) = value {
+        kept.push((key.to_ascii_lowercase(), new));
+    }
+    record.request_headers = kept;
+}
+
 fn property_path(raw: &[u8]) -> String {
     raw.split(|b| *b == 0)
         .map(|segment| String::from_utf8_lossy(segment).into_owned())
@@ -210,23 +250,49 @@ fn property_path(raw: &[u8]) -> String {
 
 const KONG_CTX_SHARED: &str = "kong.ctx.shared.";
 
-fn foreign_namespace(flavour: Flavour, path: &str) -> bool {
-    match flavour {
-        Flavour::Kong => ["xds.", "node.", "plugin_"]
-            .iter()
-            .any(|p| path.starts_with(p)),
+/// Whether the host has no answer for `path` at all. ngx_wasm_module answers `ngx.*`, its
+/// mapped Envoy-style attributes, and `<namespace>.*` host properties (Kong's Lua
+/// answers them; the namespace is a build option, `wasmx` by default, `kong` in Kong:
+/// `NGX_WASM_HOST_PROPERTY_NAMESPACE` in `src/common/proxy_wasm/
+/// ngx_proxy_wasm_properties.c`); anything else is NotFound.
+fn foreign_namespace(state: &WorkerState, path: &str) -> bool {
+    match state.shared.flavour {
+        Flavour::Kong => {
+            let host_prefix = format!("{}.", state.shared.property_namespace);
+            ["xds.", "node.", "plugin_"]
+                .iter()
+                .any(|p| path.starts_with(p))
+                || (path.starts_with("kong.") && !path.starts_with(&host_prefix))
+        }
         Flavour::Envoy => ["kong.", "ngx."].iter().any(|p| path.starts_with(p)),
     }
 }
 
+/// `upstream.address` and `upstream.port` from the peer's `ip:port`. ngx_wasm_module cuts
+/// the peer name at its last `:` for both (`get_upstream_address`, `get_upstream_port` in
+/// `ngx_proxy_wasm_properties.c`: the address keeps an IPv6 address's brackets); Envoy
+/// reports `ip:port` as `upstream.address` once the upstream connected.
+fn upstream_property(flavour: Flavour, peer: &str, path: &str) -> Option<Vec<u8>> {
+    let (address, port) = peer.rsplit_once(':')?;
+    let value = match (flavour, path) {
+        (Flavour::Kong, "upstream.address") => address,
+        (Flavour::Kong, "upstream.port") => port,
+        (Flavour::Envoy, "upstream.address") => peer,
+        (Flavour::Envoy, "upstream.port") => port,
+        _ => return None,
+    };
+    Some(value.as_bytes().to_vec())
+}
+
 fn get_property(state: &WorkerState, path: &str) -> Option<Vec<u8>> {
     let flavour = state.shared.flavour;
-    if foreign_namespace(flavour, path) {
+    if foreign_namespace(state, path) {
         return None;
     }
     let record = state.requests.get(&state.effective_context);
-    if path == "upstream.address" {
-        return record?.upstream_address.clone().map(String::into_bytes);
+    if path == "upstream.address" || path == "upstream.port" {
+        let peer = record?.upstream_address.as_deref()?;
+        return upstream_property(flavour, peer, path);
     }
     if let Some(key) = path.strip_prefix(KONG_CTX_SHARED) {
         return record?.kong_ctx_shared.get(key).cloned();
@@ -239,6 +305,9 @@ fn get_property(state: &WorkerState, path: &str) -> Option<Vec<u8>> {
 
 fn set_property(state: &mut WorkerState, path: &str, value: Vec<u8>) -> i32 {
     let flavour = state.shared.flavour;
+    if foreign_namespace(state, path) {
+        return NOT_FOUND;
+    }
     let context = state.effective_context;
     let Some(record) = state.requests.get_mut(&context) else {
         return NOT_FOUND;
@@ -294,6 +363,15 @@ fn http_call(
     let authority = header_value(&headers, ":authority").map(str::to_string);
     let (target, authority) = match flavour {
         Flavour::Kong => {
+            // `ngx_proxy_wasm_hfuncs_dispatch_http_call` (ngx_proxy_wasm_host.c) traps
+            // outside these steps.
+            let step = caller.data().step;
+            if !matches!(step, Step::RequestHeaders | Step::Tick | Step::CallResponse) {
+                bail!(
+                    "can only send HTTP dispatch during \"on_request_headers\", \
+                     \"on_request_body\", \"on_dispatch_response\", \"on_tick\" (in {step:?})"
+                );
+            }
             // ngx_wasm_module traps on these: the failure happens inside the host call.
             if upstream.is_empty() {
                 bail!("dispatch failed: no host");
@@ -500,6 +578,10 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
          -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
             let value = read_string(&mut c, value_ptr, value_len)?;
+            if let Some(record) = kong_request(c.data_mut(), map_type) {
+                kong_set_request_header(record, &key, Some(value));
+                return Ok(OK);
+            }
             Ok(edit_map(c.data_mut(), map_type, |headers| {
                 headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&key));
                 headers.push((key.to_ascii_lowercase(), value));
@@ -528,6 +610,10 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, map_type: i32, key_ptr: i32, key_len: i32| -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
+            if let Some(record) = kong_request(c.data_mut(), map_type) {
+                kong_set_request_header(record, &key, None);
+                return Ok(OK);
+            }
             Ok(edit_map(c.data_mut(), map_type, |headers| {
                 headers.retain(|(name, _)| !name.eq_ignore_ascii_case(&key))
             }))
@@ -592,7 +678,12 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32, cas: i32| -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
             let value = read_bytes(&mut c, value_ptr, value_len)?;
-            let written = c.data().shared.shared_data().set(&key, &value, cas as u32);
+            let shared = &c.data().shared;
+            let written = if value_ptr == 0 && shared.flavour == Flavour::Kong {
+                shared.shared_data().delete(&key, cas as u32)
+            } else {
+                shared.shared_data().set(&key, &value, cas as u32)
+            };
             match written {
                 Ok(()) => Ok(OK),
                 Err(SharedDataError::CasMismatch) => Ok(CAS_MISMATCH),
@@ -635,11 +726,21 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         "proxy_continue_stream",
         |mut c: Ctx<'_>, stream: i32| -> Result<i32> {
             let state = c.data_mut();
+            let kong = state.shared.flavour == Flavour::Kong;
+            // ngx_wasm_module resumes the request of the running callback
+            // (`ngx_proxy_wasm_hfuncs_resume_http_request`); from `on_tick` there is none
+            // and the worker crashed (seen on the engine: SIGSEGV in
+            // `ngx_wasm_set_resume_handler`).
+            if kong && state.step == Step::Tick {
+                bail!("worker crashed: proxy_continue_stream from on_tick (SIGSEGV)");
+            }
             let context = state.effective_context;
             let Some(record) = state.requests.get_mut(&context) else {
                 return Ok(NOT_FOUND);
             };
             match (stream, &record.phase) {
+                // The module yields again while the request has calls pending.
+                (STREAM_REQUEST, Phase::Paused) if kong && record.pending_calls > 0 => {}
                 (STREAM_REQUEST, Phase::Paused) => record.forward(),
                 (STREAM_RESPONSE, Phase::ResponsePaused) => {
                     state.deferred.push(Deferred::Complete(context))
@@ -786,6 +887,12 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         "proxy_set_effective_context",
         |mut c: Ctx<'_>, context: i32| -> Result<i32> {
             let state = c.data_mut();
+            // ngx_wasm_module answers Ok and does nothing
+            // (`ngx_proxy_wasm_hfuncs_set_effective_context`, ngx_proxy_wasm_host.c): host
+            // calls keep acting on the context whose callback is running.
+            if state.shared.flavour == Flavour::Kong {
+                return Ok(OK);
+            }
             let context = context as u32;
             let alive = context == ROOT_CONTEXT_ID
                 || state

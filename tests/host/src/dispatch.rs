@@ -167,14 +167,25 @@ async fn exchange(
     let body = body.collect().await.map_err(classify)?.to_bytes();
 
     let mut headers = vec![(":status".to_string(), parts.status.as_u16().to_string())];
+    // ngx_wasm_module answers `:dispatch_status` on every call response, `ok` on success
+    // (`ngx_proxy_wasm_maps_get_dispatch_status`, `ngx_wasm_socket_tcp.c` errlist), and
+    // counts only the upstream's own headers in `num_headers` (ngx_http_proxy_wasm.c).
+    if flavour == Flavour::Kong {
+        headers.push((":dispatch_status".to_string(), "ok".to_string()));
+    }
+    let pseudo = headers.len();
     for (name, value) in &parts.headers {
         headers.push((
             name.as_str().to_string(),
             String::from_utf8_lossy(value.as_bytes()).into_owned(),
         ));
     }
+    let reported_headers = match flavour {
+        Flavour::Kong => headers.len() - pseudo,
+        Flavour::Envoy => headers.len(),
+    };
     Ok(CallResponse {
-        reported_headers: headers.len(),
+        reported_headers,
         headers,
         body: body.to_vec(),
     })

@@ -85,6 +85,13 @@ pub struct HostOptions {
     pub clusters: HashMap<String, String>,
     /// Properties every context can read (e.g. `node.id`); requests add their own.
     pub properties: HashMap<String, Vec<u8>>,
+    /// Kong: the host property namespace ngx_wasm_module was built with (`kong` in Kong,
+    /// the module's default `wasmx` elsewhere); `kong.*` is NotFound under another one.
+    pub property_namespace: String,
+    /// Kong: what `:authority` reads, built from the server block's `server_name` and the
+    /// listening port (`ngx_proxy_wasm_maps_get_authority`, ngx_proxy_wasm_maps.c); the
+    /// client's `Host` stays in the `host` header.
+    pub server_authority: String,
     /// The level `proxy_get_log_level` reports.
     pub log_level: LogLevel,
     /// Fire `proxy_on_tick` from `advance` when a worker's period is due.
@@ -106,6 +113,8 @@ impl HostOptions {
             shm_zones: vec!["*".to_string()],
             clusters: HashMap::new(),
             properties: HashMap::new(),
+            property_namespace: "kong".to_string(),
+            server_authority: "kong:8000".to_string(),
             log_level: LogLevel::Trace,
             auto_ticks: true,
         }
@@ -188,6 +197,8 @@ pub(crate) struct HostShared {
     pub flavour: Flavour,
     pub clusters: HashMap<String, String>,
     pub properties: HashMap<String, Vec<u8>>,
+    pub property_namespace: String,
+    pub server_authority: String,
     pub log_level: LogLevel,
     shared_data: Mutex<SharedData>,
     metrics: Mutex<Metrics>,
@@ -285,6 +296,8 @@ impl Host {
             flavour: options.flavour,
             clusters: options.clusters,
             properties: options.properties,
+            property_namespace: options.property_namespace,
+            server_authority: options.server_authority,
             log_level: options.log_level,
             shared_data: Mutex::new(SharedData::new(options.flavour, options.shm_zones)),
             metrics: Mutex::new(Metrics::default()),
@@ -308,6 +321,7 @@ impl Host {
                 plugin_config: options.config.clone(),
                 vm_config: options.vm_config.clone(),
                 effective_context: worker::ROOT_CONTEXT_ID,
+                step: worker::Step::Configure,
                 requests: HashMap::new(),
                 call_response: None,
                 tick_period: None,

@@ -4,10 +4,12 @@
 //! `proxy_set_shared_data`) as Envoy implements it (`SharedData` in Envoy's
 //! `source/extensions/common/wasm`): every write bumps a process-wide CAS counter that is
 //! never 0; a write with a non-zero CAS that differs from the stored one is refused with
-//! `CasMismatch`; a CAS of 0 writes unconditionally. Kong (ngx_wasm_module, docs/DIRECTIVES.md
-//! `shm_kv`) keeps the same CAS rule but stores keys in named `shm_kv` zones: `ns/key` lives
-//! in zone `ns`, a key without `/` in the default zone `*`; the host traps when the zone is
-//! not configured, which the caller reports.
+//! `CasMismatch`; a CAS of 0 writes unconditionally. Kong (ngx_wasm_module) differs: a write
+//! succeeds only when its CAS equals the stored one, 0 meaning "only if absent" (seen on the
+//! engine; `ngx_wa_shm_kv_set_locked`, src/common/shm/ngx_wa_shm_kv.c), and keys live in
+//! named `shm_kv` zones (docs/DIRECTIVES.md): `ns/key` in zone `ns`, a key without `/` in the
+//! default zone `*`; the host traps when the zone is not configured, which the caller
+//! reports.
 
 use std::collections::HashMap;
 
@@ -60,12 +62,19 @@ impl SharedData {
         Ok(self.entries.get(key).cloned())
     }
 
+    /// Whether a write with `cas` may replace what `key` holds.
+    fn cas_allows(&self, key: &str, cas: u32) -> bool {
+        let stored = self.entries.get(key).map(|e| e.cas);
+        match self.flavour {
+            Flavour::Kong => cas == stored.unwrap_or(0),
+            Flavour::Envoy => cas == 0 || stored.is_none_or(|s| s == cas),
+        }
+    }
+
     pub(crate) fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), SharedDataError> {
         self.check_zone(key)?;
-        if let Some(existing) = self.entries.get(key) {
-            if cas != 0 && cas != existing.cas {
-                return Err(SharedDataError::CasMismatch);
-            }
+        if !self.cas_allows(key, cas) {
+            return Err(SharedDataError::CasMismatch);
         }
         self.last_cas = self.last_cas.checked_add(1).unwrap_or(1);
         self.entries.insert(
@@ -75,6 +84,18 @@ impl SharedData {
                 cas: self.last_cas,
             },
         );
+        Ok(())
+    }
+
+    /// ngx_wasm_module deletes a key set with a null value (`ngx_proxy_wasm_hfuncs_
+    /// set_shared_data`, ngx_proxy_wasm_host.c); Envoy's ABI has no delete and keeps an
+    /// empty value.
+    pub(crate) fn delete(&mut self, key: &str, cas: u32) -> Result<(), SharedDataError> {
+        self.check_zone(key)?;
+        if !self.cas_allows(key, cas) {
+            return Err(SharedDataError::CasMismatch);
+        }
+        self.entries.remove(key);
         Ok(())
     }
 

@@ -48,6 +48,9 @@ pub struct RequestRecord {
     pub phase: Phase,
     /// The request headers as they are now (as the filter left them).
     pub request_headers: Vec<(String, String)>,
+    /// Kong: headers the filter removed, or duplicates a set replaced, which ngx_wasm_module
+    /// hides from the filter and nginx still forwards (see `abi::kong_set_request_header`).
+    pub hidden_headers: Vec<(String, String)>,
     /// Snapshot taken when the request went upstream.
     pub upstream_headers: Option<Vec<(String, String)>>,
     pub response_headers: Vec<(String, String)>,
@@ -80,9 +83,30 @@ impl RequestRecord {
 
     pub(crate) fn forward(&mut self) {
         self.phase = Phase::Forwarded;
-        self.upstream_headers = Some(self.request_headers.clone());
+        let mut sent = self.request_headers.clone();
+        sent.extend(self.hidden_headers.iter().cloned());
+        self.upstream_headers = Some(sent);
         self.forwarded_at = Some(Instant::now());
     }
+}
+
+/// The request headers as ngx_wasm_module shows them: `:authority` from the server block,
+/// the client's authority in `host` (see `HostOptions::server_authority`).
+fn kong_request_headers(
+    mut headers: Vec<(String, String)>,
+    server_authority: &str,
+) -> Vec<(String, String)> {
+    let client = headers
+        .iter()
+        .position(|(n, _)| n == ":authority")
+        .map(|at| headers.remove(at).1);
+    if let Some(client) = client {
+        if find_header(&headers, "host").is_none() {
+            headers.push(("host".to_string(), client));
+        }
+    }
+    headers.push((":authority".to_string(), server_authority.to_string()));
+    headers
 }
 
 pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -90,6 +114,18 @@ pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
+}
+
+/// The callback the worker is running; ngx_wasm_module allows some host calls only in
+/// some steps (`ngx_proxy_wasm_step_e`, `src/common/proxy_wasm/ngx_proxy_wasm.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Configure,
+    Tick,
+    RequestHeaders,
+    ResponseHeaders,
+    CallResponse,
+    Done,
 }
 
 /// Work a host function asks for that must run after the current wasm call returns
@@ -106,6 +142,7 @@ pub(crate) struct WorkerState {
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub effective_context: u32,
+    pub step: Step,
     pub requests: HashMap<u32, RequestRecord>,
     pub call_response: Option<CallResponse>,
     pub tick_period: Option<Duration>,
@@ -148,6 +185,9 @@ pub(crate) struct Worker {
 }
 
 const ACTION_CONTINUE: i32 = 0;
+
+pub(crate) const KONG_RESPONSE_PAUSE: &str =
+    "\"ResponseHeaders\" returned \"PAUSE\": local response expected but none produced";
 
 fn typed<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
     instance: &Instance,
@@ -239,6 +279,7 @@ impl Worker {
         let vm_size = self.store.data().vm_config.len() as i32;
         let config_size = self.store.data().plugin_config.len() as i32;
         self.store.data_mut().effective_context = ROOT_CONTEXT_ID;
+        self.store.data_mut().step = Step::Configure;
         let root = ROOT_CONTEXT_ID as i32;
         let result = self
             .exports
@@ -269,6 +310,7 @@ impl Worker {
     pub(crate) fn tick(&mut self) -> Result<()> {
         self.guard()?;
         self.store.data_mut().effective_context = ROOT_CONTEXT_ID;
+        self.store.data_mut().step = Step::Tick;
         let result = self
             .exports
             .on_tick
@@ -288,6 +330,12 @@ impl Worker {
         self.guard()?;
         let context_id = self.next_context_id;
         self.next_context_id += 1;
+        let headers = match self.store.data().shared.flavour {
+            crate::Flavour::Kong => {
+                kong_request_headers(headers, &self.store.data().shared.server_authority)
+            }
+            crate::Flavour::Envoy => headers,
+        };
         let count = headers.len() as i32;
         let index = self.store.data().index;
         self.store.data_mut().requests.insert(
@@ -297,6 +345,7 @@ impl Worker {
                 context_id,
                 phase: Phase::RequestHeaders,
                 request_headers: headers,
+                hidden_headers: Vec::new(),
                 upstream_headers: None,
                 response_headers: Vec::new(),
                 client_response_headers: None,
@@ -311,6 +360,7 @@ impl Worker {
             },
         );
         self.store.data_mut().effective_context = context_id;
+        self.store.data_mut().step = Step::RequestHeaders;
         let id = context_id as i32;
         let result = self
             .exports
@@ -379,18 +429,30 @@ impl Worker {
         let count = headers.len() as i32;
         record.response_headers = headers;
         self.store.data_mut().effective_context = context_id;
+        self.store.data_mut().step = Step::ResponseHeaders;
         let result = self
             .exports
             .on_response_headers
             .call(&mut self.store, (context_id as i32, count, 0));
         let action = self.fail_request_on_trap(context_id, result, "proxy_on_response_headers")?;
-        let paused = match self.store.data_mut().requests.get_mut(&context_id) {
-            Some(record) if record.phase == Phase::Forwarded && action != ACTION_CONTINUE => {
-                record.phase = Phase::ResponsePaused;
-                true
-            }
-            _ => false,
+        let kong = self.store.data().shared.flavour == crate::Flavour::Kong;
+        let Some(record) = self.store.data_mut().requests.get_mut(&context_id) else {
+            return Ok(());
         };
+        let paused = record.phase == Phase::Forwarded && action != ACTION_CONTINUE;
+        if paused && kong {
+            // ngx_wasm_module takes PAUSE in the header filter phase for "produce a local
+            // response"; with none produced it logs this line and the response is lost
+            // (`src/common/proxy_wasm/ngx_proxy_wasm.c`): the client gets nothing.
+            record.phase = Phase::Failed(KONG_RESPONSE_PAUSE.to_string());
+            self.store
+                .data()
+                .log(LogLevel::Warn, KONG_RESPONSE_PAUSE.to_string());
+            return Ok(());
+        }
+        if paused {
+            record.phase = Phase::ResponsePaused;
+        }
         self.run_deferred()?;
         if !paused {
             self.complete(context_id)?;
@@ -411,6 +473,7 @@ impl Worker {
         }
         let id = context_id as i32;
         self.store.data_mut().effective_context = context_id;
+        self.store.data_mut().step = Step::Done;
         let result = self.exports.on_done.call(&mut self.store, id);
         self.fail_request_on_trap(context_id, result, "proxy_on_done")?;
         let result = self.exports.on_log.call(&mut self.store, id);
@@ -453,6 +516,7 @@ impl Worker {
         );
         self.store.data_mut().call_response = Some(response);
         self.store.data_mut().effective_context = context_id;
+        self.store.data_mut().step = Step::CallResponse;
         let result = self
             .exports
             .on_http_call_response

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use standins::{closed_port_addr, ConsulOptions, ConsulStandin, Fault, Instance};
 use test_host::{
-    artifacts, Flavour, Host, HostError, HostOptions, Phase, RequestHandle, RequestSpec,
+    artifacts, Flavour, Host, HostOptions, LogLevel, Phase, RequestHandle, RequestSpec,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -61,7 +61,11 @@ fn echo_request(flavour: Flavour) -> RequestSpec {
     let spec = RequestSpec::get("echo.service.consul", "/echo").header("traceparent", TRACEPARENT);
     match flavour {
         Flavour::Kong => spec
-            .property("ngx.upstream_host", "echo.service.consul")
+            .property(
+                "kong.router.service",
+                r#"{"id":"5a1f0c3e-0000-4000-8000-000000000001","name":"echo","host":"echo.service.consul","port":8080,"protocol":"http"}"#,
+            )
+            .property("kong.version", "3.9.1")
             .property("kong.service_id", "5a1f0c3e-0000-4000-8000-000000000001")
             .property("kong.route_id", "5a1f0c3e-0000-4000-8000-000000000002"),
         Flavour::Envoy => spec.property("xds.cluster_name", "echo"),
@@ -97,7 +101,12 @@ impl Gateway {
         record
     }
 
-    fn metric(&self, name: &str) -> i64 {
+    /// A counter's value; the filter hands its counts to the host on the tick, so every
+    /// worker ticks first.
+    fn metric(&mut self, name: &str) -> i64 {
+        self.host
+            .tick_all()
+            .unwrap_or_else(|e| panic!("{:?}: {e}", self.flavour));
         self.host
             .metric(&format!("consul_enricher_{name}_total"))
             .unwrap_or(0)
@@ -226,15 +235,18 @@ fn stale_entry_is_served_at_once_and_refreshed_once() {
     }
 }
 
-#[test]
-fn a_thousand_cold_requests_across_four_workers_make_one_call() {
+/// `n` cold requests over two workers, all sent before Consul answers: every one is
+/// answered and enriched. Envoy makes one call for them all; ngx_wasm_module can resume
+/// a paused request only when a call of its own is answered, so on Kong each waits on its
+/// own call (README, "How a cold request waits").
+fn concurrent_cold_requests(n: usize) {
     for flavour in Flavour::ALL {
         let consul = consul_with_echo(ConsulOptions::default());
         consul.set_fault(Fault::Delay(Duration::from_millis(100)));
-        let extra = json!({"consul": {"timeout_ms": 5000}});
-        let mut gw = gateway(flavour, 4, &consul.addr().to_string(), extra);
-        let requests: Vec<_> = (0..1000)
-            .map(|i| gw.send_on(i % 4, echo_request(flavour)))
+        let extra = json!({"consul": {"timeout_ms": 10_000}});
+        let mut gw = gateway(flavour, 2, &consul.addr().to_string(), extra);
+        let requests: Vec<_> = (0..n)
+            .map(|i| gw.send_on(i % 2, echo_request(flavour)))
             .collect();
         let all = gw
             .host
@@ -244,26 +256,46 @@ fn a_thousand_cold_requests_across_four_workers_make_one_call() {
                     .all(|r| h.record(*r).is_some_and(|r| r.phase == Phase::Forwarded))
             })
             .unwrap();
-        assert!(all, "{flavour:?}: every request went upstream");
-        let enriched = requests
+        let stuck: Vec<_> = requests
             .iter()
-            .filter(|r| {
-                gw.host
-                    .record(**r)
-                    .unwrap()
-                    .upstream_header("x-consul-service")
-                    == Some("echo")
-            })
-            .count();
-        assert_eq!(enriched, 1000, "{flavour:?}");
+            .filter_map(|r| gw.host.record(*r))
+            .filter(|r| r.phase != Phase::Forwarded)
+            .map(|r| format!("{}/{}: {:?}", r.worker, r.context_id, r.phase))
+            .take(5)
+            .collect();
+        assert!(
+            all,
+            "{flavour:?}: every request went upstream; stuck: {stuck:?}"
+        );
+        for request in &requests {
+            let record = gw.host.record(*request).unwrap();
+            assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+            assert_eq!(record.upstream_header("x-consul-lookup"), Some("miss"));
+        }
+        let expected_calls = match flavour {
+            Flavour::Envoy => 1,
+            Flavour::Kong => n,
+        };
         assert_eq!(
             consul.requests(CATALOG),
-            1,
-            "{flavour:?}: exactly one Consul call"
+            expected_calls as u64,
+            "{flavour:?}"
         );
-        assert_eq!(gw.metric("consul_calls"), 1);
+        assert_eq!(gw.metric("consul_calls") as usize, expected_calls);
+        assert_eq!(gw.metric("enriched") as usize, n);
         gw.assert_no_traps();
+        assert!(gw.host.logs_containing("PAUSE").is_empty(), "{flavour:?}");
     }
+}
+
+#[test]
+fn two_hundred_concurrent_cold_requests_over_two_workers_are_all_enriched() {
+    concurrent_cold_requests(200);
+}
+
+#[test]
+fn a_thousand_concurrent_cold_requests_over_two_workers_are_all_enriched() {
+    concurrent_cold_requests(1000);
 }
 
 /// Every request goes on unenriched, nothing traps, and the backoff stops a second call.
@@ -306,7 +338,7 @@ fn assert_fails_open(
 #[test]
 fn consul_down_costs_one_failed_call_then_backoff() {
     for flavour in Flavour::ALL {
-        let gw = assert_fails_open(flavour, &closed_port_addr().to_string(), None, json!({}));
+        let mut gw = assert_fails_open(flavour, &closed_port_addr().to_string(), None, json!({}));
         assert_eq!(gw.metric("consul_errors"), 1, "{flavour:?}");
     }
 }
@@ -316,7 +348,7 @@ fn consul_slower_than_the_timeout_is_counted_as_a_timeout() {
     for flavour in Flavour::ALL {
         let consul = consul_with_echo(ConsulOptions::default());
         consul.set_fault(Fault::Delay(Duration::from_secs(2)));
-        let gw = assert_fails_open(
+        let mut gw = assert_fails_open(
             flavour,
             &consul.addr().to_string(),
             Some(&consul),
@@ -338,13 +370,15 @@ fn consul_errors_fail_open_with_backoff() {
         Fault::InvalidJson,
         Fault::Oversized(64 * 1024),
         Fault::Reset,
+        Fault::ResetMidBody,
     ];
     for flavour in Flavour::ALL {
         for fault in &faults {
             let consul = consul_with_echo(ConsulOptions::default());
             consul.set_fault(fault.clone());
             let extra = json!({"consul": {"max_body_bytes": 4096}});
-            let gw = assert_fails_open(flavour, &consul.addr().to_string(), Some(&consul), extra);
+            let mut gw =
+                assert_fails_open(flavour, &consul.addr().to_string(), Some(&consul), extra);
             assert_eq!(gw.metric("consul_errors"), 1, "{flavour:?} {fault:?}");
         }
     }
@@ -417,26 +451,100 @@ fn a_wrong_acl_token_fails_open() {
         };
         let consul = consul_with_echo(options);
         let extra = json!({"consul": {"token": "wrong"}});
-        let gw = assert_fails_open(flavour, &consul.addr().to_string(), Some(&consul), extra);
+        let mut gw = assert_fails_open(flavour, &consul.addr().to_string(), Some(&consul), extra);
         assert_eq!(gw.metric("consul_errors"), 1, "{flavour:?}");
     }
 }
 
 #[test]
-fn invalid_config_is_refused_naming_the_key() {
-    for flavour in Flavour::ALL {
-        let extra = json!({"consul": {"timout_ms": 5}});
-        match Host::new(host_options(flavour, 1, "127.0.0.1:8500", extra)) {
-            Err(HostError::ConfigRefused { logs, .. }) => assert!(
-                logs.iter().any(|l| l.message.contains("consul.timout_ms")),
-                "{flavour:?}: {logs:?}"
-            ),
-            other => panic!(
-                "{flavour:?}: expected a refusal, got {:?}",
-                other.err().map(|e| e.to_string())
-            ),
-        }
+fn invalid_config_on_kong_passes_every_request_through_naming_the_key() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let extra = json!({"consul": {"timout_ms": 5}});
+    let mut gw = gateway(Flavour::Kong, 2, &consul.addr().to_string(), extra);
+    let errors = gw.host.logs_containing("consul.timout_ms");
+    assert_eq!(errors.len(), 2, "once per worker: {errors:?}");
+    assert!(errors.iter().all(|l| l.level == LogLevel::Error));
+    for worker in [0, 1] {
+        let spec = echo_request(Flavour::Kong).header("x-other", "kept");
+        let request = gw.send_on(worker, spec);
+        let record = gw.host.record(request).cloned().unwrap();
+        assert_eq!(record.phase, Phase::Forwarded, "not paused");
+        assert_eq!(record.upstream_header("x-consul-service"), None);
+        assert_eq!(record.upstream_header("x-other"), Some("kept"));
+        assert_eq!(record.upstream_header("traceparent"), Some(TRACEPARENT));
     }
+    assert_eq!(consul.requests(CATALOG), 0);
+    gw.assert_no_traps();
+}
+
+#[test]
+fn invalid_config_on_envoy_is_refused_naming_the_key() {
+    let extra = json!({"consul": {"timout_ms": 5}});
+    match Host::new(host_options(Flavour::Envoy, 1, "127.0.0.1:8500", extra)) {
+        Err(test_host::HostError::ConfigRefused { logs, .. }) => assert!(
+            logs.iter().any(|l| l.message.contains("consul.timout_ms")),
+            "{logs:?}"
+        ),
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.err().map(|e| e.to_string())
+        ),
+    }
+}
+
+#[test]
+fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    // ngx_wasm_module's default property namespace: `kong.*` is NotFound.
+    let mut options = host_options(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    options.property_namespace = "wasmx".to_string();
+    let mut gw = Gateway {
+        host: Host::new(options).unwrap(),
+        flavour: Flavour::Kong,
+    };
+    for _ in 0..3 {
+        // Without Kong's Lua, the operator sets `$upstream_host` (`ngx.upstream_host`).
+        let spec = RequestSpec::get("kong", "/echo")
+            .header("traceparent", TRACEPARENT)
+            .property("ngx.upstream_host", "echo.service.consul");
+        let request = gw.send(spec);
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        gw.host
+            .respond(
+                request,
+                "127.0.0.2:9002",
+                vec![(":status".into(), "200".into())],
+            )
+            .unwrap();
+        let record = gw.host.record(request).cloned().unwrap();
+        assert_eq!(record.phase, Phase::Completed);
+        assert!(record.kong_ctx_shared.is_empty());
+    }
+    assert_eq!(gw.host.logs_containing("kong.ctx.shared").len(), 1);
+    gw.assert_no_traps();
+}
+
+#[test]
+fn kong_reads_the_instance_from_upstream_address_and_port() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    for (peer, id) in [("127.0.0.1:9001", "echo-1"), ("127.0.0.2:9002", "echo-2")] {
+        let request = gw.send(echo_request(Flavour::Kong));
+        gw.forwarded(request);
+        gw.host
+            .respond(request, peer, vec![(":status".into(), "200".into())])
+            .unwrap();
+        let record = gw.host.record(request).cloned().unwrap();
+        let raw = &record.kong_ctx_shared["consul_enricher"];
+        let attributes: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(attributes["consul.service.id"], id, "{attributes}");
+        assert_eq!(
+            attributes["server.port"],
+            peer[10..].parse::<i64>().unwrap()
+        );
+    }
+    gw.assert_no_traps();
 }
 
 #[test]
@@ -550,7 +658,22 @@ fn the_instance_actually_used_gets_its_own_attributes() {
                 assert_eq!(attributes["network.peer.address"], "127.0.0.2");
                 assert_eq!(attributes["consul.lookup"], "miss");
             }
-            Flavour::Envoy => assert!(record.kong_ctx_shared.is_empty()),
+            Flavour::Envoy => {
+                assert!(record.kong_ctx_shared.is_empty());
+                // Filter state for envoy.yaml's custom tags (`wasm.consul_enricher.*`).
+                let state = |name: &str| {
+                    record
+                        .properties
+                        .get(&format!("consul_enricher.{name}"))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                assert_eq!(state("consul.service.id").as_deref(), Some("echo-2"));
+                assert_eq!(state("server.port").as_deref(), Some("9002"));
+                assert_eq!(
+                    state("consul.service.meta.version").as_deref(),
+                    Some("1.3.0")
+                );
+            }
         }
         gw.assert_no_traps();
     }
@@ -586,6 +709,593 @@ fn meta_with_crlf_or_huge_text_never_reaches_a_header() {
                 value.len()
             );
         }
+        gw.assert_no_traps();
+    }
+}
+
+/// Every `x-consul-*` header and `consul.*` baggage member a client sends.
+fn forged(spec: RequestSpec) -> RequestSpec {
+    spec.header("x-consul-service", "admin")
+        .header("X-Consul-Lookup", "hit")
+        .header("x-consul-meta-version", "evil")
+        .header("x-consul-meta-owner", "evil")
+        .header(
+            "baggage",
+            "consul.service=admin,ui.component=checkout-form,Consul.Service.Meta.version=evil",
+        )
+}
+
+/// The `x-consul-*` headers the upstream got with a value, names in lower case. On Kong the
+/// filter cannot remove a header (ngx_wasm_module hides it from the filter but nginx still
+/// forwards it), so it empties forged ones; Kong's companion plugin removes them before.
+fn consul_headers(record: &test_host::RequestRecord) -> Vec<(String, String)> {
+    record
+        .upstream_headers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v))
+        .filter(|(n, v)| n.starts_with("x-consul-") && !v.is_empty())
+        .collect()
+}
+
+#[test]
+fn forged_headers_never_reach_the_upstream_when_consul_is_down() {
+    for flavour in Flavour::ALL {
+        let mut gw = gateway(flavour, 1, &closed_port_addr().to_string(), json!({}));
+        for _ in 0..3 {
+            let request = gw.send(forged(echo_request(flavour)));
+            let record = gw.forwarded(request);
+            assert_eq!(
+                consul_headers(&record),
+                vec![("x-consul-lookup".to_string(), "error".to_string())],
+                "{flavour:?}: only the truth of this request"
+            );
+            assert_eq!(
+                record.upstream_header("baggage"),
+                Some("ui.component=checkout-form"),
+                "{flavour:?}"
+            );
+        }
+        assert_eq!(gw.metric("stripped"), 3 * 6, "{flavour:?}");
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn forged_values_are_replaced_by_consuls_on_enriched_requests() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"meta_keys": ["version", "region", "owner"]});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(forged(echo_request(flavour)));
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        assert_eq!(record.upstream_header("x-consul-lookup"), Some("miss"));
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("1.2.0,1.3.0")
+        );
+        assert!(
+            record
+                .upstream_header("x-consul-meta-owner")
+                .is_none_or(str::is_empty),
+            "{flavour:?}: a key Consul lacks is not left to the client"
+        );
+        let baggage = record.upstream_header("baggage").unwrap().to_string();
+        let members = baggage_members(&baggage);
+        assert!(members.contains(&"consul.service=echo"), "{baggage}");
+        assert!(members.contains(&"consul.service.meta.version=1.2.0%2C1.3.0"));
+        assert!(members.contains(&"ui.component=checkout-form"));
+        assert!(!baggage.to_ascii_lowercase().contains("evil"), "{baggage}");
+        assert!(!baggage.contains("admin"), "{baggage}");
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn without_a_usable_answer_the_upstream_learns_only_why() {
+    for flavour in Flavour::ALL {
+        let consul = ConsulStandin::start(ConsulOptions::default()).unwrap();
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let request = gw.send(forged(echo_request(flavour)));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            consul_headers(&record),
+            vec![("x-consul-lookup".to_string(), "unknown".to_string())],
+            "{flavour:?}: an unknown service"
+        );
+        let unrouted =
+            RequestSpec::get("example.org", "/other").header("x-consul-service", "admin");
+        let request = gw.send(unrouted);
+        let record = gw.forwarded(request);
+        assert_eq!(
+            consul_headers(&record),
+            vec![("x-consul-lookup".to_string(), "none".to_string())],
+            "{flavour:?}: no Consul service for this request"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn several_baggage_headers_are_one_list() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let spec = echo_request(flavour)
+            .header("baggage", "first=1,ui.component=checkout-form")
+            .header("baggage", "second=2;p");
+        let request = gw.send(spec);
+        let record = gw.forwarded(request);
+        let lines: Vec<_> = record
+            .upstream_headers
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n == "baggage")
+            .collect();
+        // ngx_wasm_module replaces the first line and hides the second from the filter,
+        // but nginx still forwards it (Kong's companion plugin joins the lines before).
+        let expected_lines = match flavour {
+            Flavour::Envoy => 1,
+            Flavour::Kong => 2,
+        };
+        assert_eq!(lines.len(), expected_lines, "{flavour:?}: {lines:?}");
+        let members = baggage_members(&lines[0].1);
+        assert_eq!(
+            members[..3],
+            ["first=1", "ui.component=checkout-form", "second=2;p"],
+            "{flavour:?}: the caller's members first, in order"
+        );
+        assert!(members.contains(&"consul.service=echo"));
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn several_traceparent_headers_pass_untouched() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"spans": {"enabled": true, "upstream": consul.addr().to_string()}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let request = gw.send(echo_request(flavour).header("traceparent", other));
+        let record = gw.forwarded(request);
+        let sent: Vec<_> = record
+            .upstream_headers
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n == "traceparent")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![TRACEPARENT.to_string(), other.to_string()],
+            "{flavour:?}"
+        );
+        assert_eq!(gw.metric("invalid_traceparent"), 1);
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn consul_text_is_encoded_once_and_attributes_carry_it_decoded() {
+    for flavour in Flavour::ALL {
+        let consul = ConsulStandin::start(ConsulOptions::default()).unwrap();
+        consul.register(
+            Instance::new("echo", "echo-zh")
+                .address("2001:db8:0:0:0:0:0:1")
+                .port(5000)
+                .meta("version", "1.0")
+                .meta("region", "Zürich")
+                .meta("build id\r\nx", "42"),
+        );
+        let extra = json!({"headers": {"response": true}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(echo_request(flavour));
+        let record = gw.forwarded(request);
+        let baggage = record.upstream_header("baggage").unwrap().to_string();
+        assert!(
+            baggage_members(&baggage).contains(&"consul.service.meta.region=Z%C3%BCrich"),
+            "{flavour:?}: {baggage}"
+        );
+        gw.host
+            .respond(
+                request,
+                "[2001:db8::1]:5000",
+                vec![(":status".into(), "200".into())],
+            )
+            .unwrap();
+        let record = gw.host.record(request).cloned().unwrap();
+        assert_eq!(
+            record.client_response_header("x-consul-instance-id"),
+            Some("echo-zh"),
+            "{flavour:?}: IPv6 compared as an address"
+        );
+        if flavour == Flavour::Kong {
+            let raw = &record.kong_ctx_shared["consul_enricher"];
+            let attributes: Value = serde_json::from_slice(raw).unwrap();
+            assert_eq!(attributes["consul.service.meta.region"], "Zürich");
+            assert_eq!(
+                attributes["consul.service.meta.build_id__x"], "42",
+                "{attributes}"
+            );
+            assert_eq!(attributes["network.peer.address"], "2001:db8::1");
+            assert_eq!(attributes["server.port"], 5000);
+        }
+        gw.assert_no_traps();
+    }
+}
+
+/// The request of `echo_request` with the client's authority set to `authority`.
+fn with_client_authority(flavour: Flavour, authority: &str) -> RequestSpec {
+    let mut spec = echo_request(flavour);
+    spec.headers.retain(|(n, _)| n != ":authority");
+    spec.headers.push((":authority".into(), authority.into()));
+    spec
+}
+
+#[test]
+fn the_client_cannot_choose_the_service() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        consul.register(
+            Instance::new("billing", "billing-1")
+                .address("127.0.0.9")
+                .port(9009),
+        );
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let request = gw.send(with_client_authority(flavour, "billing.service.consul"));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-service"),
+            Some("echo"),
+            "{flavour:?}"
+        );
+        let unrouted = RequestSpec::get("billing.service.consul", "/billing");
+        let request = gw.send(unrouted);
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-lookup"),
+            Some("none"),
+            "{flavour:?}"
+        );
+        assert_eq!(consul.requests("/v1/catalog/service/billing"), 0);
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn the_clients_authority_names_the_service_only_when_configured() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"service": {"from_authority": true}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(RequestSpec::get("echo.service.consul", "/any"));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-service"),
+            Some("echo"),
+            "{flavour:?}"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn kong_without_its_lua_reads_the_upstream_host_variable() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    let spec = RequestSpec::get("client.example", "/echo")
+        .property("ngx.upstream_host", "echo.service.consul");
+    let request = gw.send(spec);
+    let record = gw.forwarded(request);
+    assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+    // With Kong's Lua present, the variable (the client's Host under preserve_host) is not
+    // a source.
+    let spec = RequestSpec::get("client.example", "/echo")
+        .property("kong.version", "3.9.1")
+        .property("ngx.upstream_host", "echo.service.consul");
+    let request = gw.send(spec);
+    let record = gw.forwarded(request);
+    assert_eq!(record.upstream_header("x-consul-lookup"), Some("none"));
+    gw.assert_no_traps();
+}
+
+fn routed_to(flavour: Flavour, host: &str) -> RequestSpec {
+    let spec = RequestSpec::get("gateway.example", "/echo").header("traceparent", TRACEPARENT);
+    match flavour {
+        Flavour::Kong => spec
+            .property("kong.router.service", &format!(r#"{{"host":"{host}"}}"#))
+            .property("kong.version", "3.9.1"),
+        Flavour::Envoy => spec.property("xds.cluster_name", host),
+    }
+}
+
+#[test]
+fn the_cache_keeps_datacenters_apart() {
+    for flavour in Flavour::ALL {
+        let options = ConsulOptions {
+            other_datacenters: vec!["dc2".into()],
+            ..ConsulOptions::default()
+        };
+        let consul = consul_with_echo(options);
+        consul.register(
+            Instance::new("echo", "echo-dc2")
+                .datacenter("dc2")
+                .address("127.0.0.3")
+                .port(9003)
+                .meta("version", "2.0.0"),
+        );
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
+        let dc2 = gw.send(routed_to(flavour, "echo.service.dc2.consul"));
+        let record = gw.forwarded(dc2);
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("2.0.0")
+        );
+        for host in ["echo.service.consul", "echo.service.dc1.consul"] {
+            let request = gw.send(routed_to(flavour, host));
+            let record = gw.forwarded(request);
+            assert_eq!(
+                record.upstream_header("x-consul-meta-version"),
+                Some("1.2.0,1.3.0"),
+                "{flavour:?} {host}"
+            );
+        }
+        assert_eq!(
+            consul.requests(CATALOG),
+            3,
+            "{flavour:?}: one lookup per datacenter"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn invented_names_cannot_fill_shared_data() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({
+            "service": {"from_authority": true, "from_host": false, "from_cluster": false},
+            "cache": {"max_services": 3, "negative_ttl_s": 1},
+        });
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        for i in 0..6 {
+            let request = gw.send(RequestSpec::get(
+                &format!("made-up-{i}.service.consul"),
+                "/",
+            ));
+            gw.forwarded(request);
+        }
+        assert_eq!(consul.request_log().len(), 3, "{flavour:?}: the cap held");
+        assert_eq!(gw.metric("services_capped"), 3, "{flavour:?}");
+        let entries = |gw: &Gateway| {
+            gw.host
+                .shared_data_keys()
+                .into_iter()
+                .filter(|k| k.contains("/svc:"))
+                .filter(|k| gw.host.shared_data(k).is_some_and(|e| !e.value.is_empty()))
+                .count()
+        };
+        assert_eq!(entries(&gw), 3, "{flavour:?}");
+        std::thread::sleep(Duration::from_millis(1_100));
+        gw.host.tick_all().unwrap();
+        assert_eq!(entries(&gw), 0, "{flavour:?}: expired unknowns are removed");
+        let request = gw.send(RequestSpec::get("made-up-9.service.consul", "/"));
+        gw.forwarded(request);
+        assert_eq!(
+            consul.request_log().len(),
+            4,
+            "{flavour:?}: places were given back"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn stripping_can_be_turned_off_behind_a_trusted_gateway() {
+    for flavour in Flavour::ALL {
+        let extra = json!({"strip_incoming": false});
+        let mut gw = gateway(flavour, 1, &closed_port_addr().to_string(), extra);
+        let request = gw.send(forged(echo_request(flavour)));
+        let record = gw.forwarded(request);
+        assert_eq!(
+            record.upstream_header("x-consul-meta-version"),
+            Some("evil")
+        );
+        assert!(record
+            .upstream_header("baggage")
+            .unwrap()
+            .contains("consul.service=admin"));
+        gw.assert_no_traps();
+    }
+}
+
+fn watch_config(extra: Value) -> Value {
+    let mut config = json!({
+        "consul": {"watch": true, "wait_s": 5, "min_watch_interval_ms": 100, "timeout_ms": 1000},
+        "cache": {"ttl_s": 3600},
+    });
+    merge(&mut config, &extra);
+    config
+}
+
+/// Sends requests (advancing the host in between) until one's upstream sees `version`.
+fn until_version(gw: &mut Gateway, version: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let request = gw.send(echo_request(gw.flavour));
+        let record = gw.forwarded(request);
+        if record
+            .upstream_header("x-consul-meta-version")
+            .is_some_and(|v| v.contains(version))
+        {
+            return true;
+        }
+        gw.host.advance(Duration::from_millis(50)).unwrap();
+    }
+    false
+}
+
+#[test]
+fn a_watch_shows_a_change_within_about_a_second() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(
+            flavour,
+            2,
+            &consul.addr().to_string(),
+            watch_config(json!({})),
+        );
+        assert!(until_version(&mut gw, "1.2.0", WAIT), "{flavour:?}");
+        // Let the watch open, then change the instance's meta in Consul.
+        gw.host
+            .run_until(Duration::from_millis(500), |_| false)
+            .unwrap();
+        consul.register(
+            Instance::new("echo", "echo-1")
+                .address("127.0.0.1")
+                .port(9001)
+                .meta("version", "9.9.9")
+                .meta("region", "eu-west"),
+        );
+        let changed_at = std::time::Instant::now();
+        assert!(
+            until_version(&mut gw, "9.9.9", Duration::from_secs(5)),
+            "{flavour:?}: the change reached the headers"
+        );
+        eprintln!(
+            "{flavour:?}: change visible after {:?}",
+            changed_at.elapsed()
+        );
+        let watches: Vec<_> = consul
+            .request_log()
+            .into_iter()
+            .filter(|r| r.path == CATALOG && r.has_query("index"))
+            .collect();
+        assert!(
+            !watches.is_empty(),
+            "{flavour:?}: blocking queries were made"
+        );
+        assert!(watches
+            .iter()
+            .all(|w| w.query_values("wait") == vec!["5s".to_string()]));
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn with_nothing_changing_consul_sees_only_the_open_watch() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(
+            flavour,
+            2,
+            &consul.addr().to_string(),
+            watch_config(json!({})),
+        );
+        assert!(until_version(&mut gw, "1.2.0", WAIT));
+        let before = consul.requests(CATALOG);
+        for i in 0..40 {
+            let request = gw.send_on(i % 2, echo_request(flavour));
+            gw.forwarded(request);
+            gw.host.advance(Duration::from_millis(50)).unwrap();
+        }
+        // About 2 s of steady requests on two workers, one watch held for the gateway.
+        let during = consul.requests(CATALOG) - before;
+        assert!(
+            during <= 1,
+            "{flavour:?}: {during} Consul requests while nothing changed"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn an_index_going_backwards_starts_the_watch_over() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let mut gw = gateway(
+            flavour,
+            1,
+            &consul.addr().to_string(),
+            watch_config(json!({})),
+        );
+        assert!(until_version(&mut gw, "1.2.0", WAIT));
+        gw.host
+            .run_until(Duration::from_millis(500), |_| false)
+            .unwrap();
+        // Consul keeps a query blocked while the index is not above the one asked for, so
+        // the watch returns at the end of its wait with the lower index.
+        consul.set_index(1);
+        let restarted =
+            gw.host
+                .run_until(Duration::from_secs(9), |_| {
+                    consul.request_log().iter().any(|r| {
+                        r.path == CATALOG && r.query_values("index") == vec!["0".to_string()]
+                    })
+                })
+                .unwrap();
+        let queries: Vec<_> = consul
+            .request_log()
+            .iter()
+            .map(|r| r.query_values("index"))
+            .collect();
+        assert!(
+            restarted,
+            "{flavour:?}: a watch from index 0 after the reset: {queries:?}"
+        );
+        assert!(
+            until_version(&mut gw, "1.2.0", WAIT),
+            "{flavour:?}: still served"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn a_failing_watch_backs_off_and_keeps_serving() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = watch_config(json!({"cache": {"backoff_s": 5}}));
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        assert!(until_version(&mut gw, "1.2.0", WAIT));
+        consul.set_fault(Fault::Status(500, "rpc error".into()));
+        consul.set_index(consul.index() + 1);
+        for _ in 0..30 {
+            let request = gw.send(echo_request(flavour));
+            let record = gw.forwarded(request);
+            assert_eq!(
+                record.upstream_header("x-consul-service"),
+                Some("echo"),
+                "{flavour:?}"
+            );
+            gw.host.advance(Duration::from_millis(50)).unwrap();
+        }
+        assert!(gw.metric("consul_errors") >= 1, "{flavour:?}");
+        let failed = consul.request_log().len();
+        assert!(
+            failed <= 4,
+            "{flavour:?}: backed off, {failed} requests in all"
+        );
+        gw.assert_no_traps();
+    }
+}
+
+#[test]
+fn agent_mode_asks_the_agents_cache() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        let extra = json!({"consul": {"cached": true}});
+        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+        let request = gw.send(echo_request(flavour));
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        let sent = consul.request_log();
+        assert!(sent.iter().all(|r| r.has_query("cached")), "{flavour:?}");
         gw.assert_no_traps();
     }
 }

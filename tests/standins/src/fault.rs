@@ -25,6 +25,9 @@ pub enum Fault {
     Oversized(usize),
     /// Close the connection with a TCP reset, without answering.
     Reset,
+    /// Send the answer's headers (with its full `Content-Length`) and half its body, then
+    /// reset the connection.
+    ResetMidBody,
 }
 
 /// The fault currently set, for how many more requests.

@@ -28,7 +28,8 @@ mod server;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use consul::{
-    closed_port_addr, ConsulOptions, ConsulStandin, HttpCheck, Instance, RecordedRequest,
+    closed_port_addr, CheckStatus, ConsulOptions, ConsulStandin, HttpCheck, Instance,
+    RecordedRequest,
 };
 pub use fault::Fault;
 pub use otlp::{AttributeValue, Encoding, ExportAttempt, OtlpStandin, StoredSpan};

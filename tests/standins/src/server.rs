@@ -28,6 +28,8 @@ pub(crate) enum Reply {
     Respond(Response<Full<Bytes>>),
     /// Close the connection with a TCP reset, without answering.
     Reset,
+    /// Send the headers and half the body of this response, then reset the connection.
+    ResetMidBody(Response<Full<Bytes>>),
 }
 
 pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -144,10 +146,12 @@ async fn serve_connection(stream: TcpStream, handler: Arc<dyn Handler>) {
             match handler.handle(request).await {
                 Reply::Respond(response) => Ok(response),
                 Reply::Reset => {
-                    if let Err(error) = SockRef::from(&*socket).set_linger(Some(Duration::ZERO)) {
-                        eprintln!("stand-in: cannot arm connection reset: {error}");
-                    }
+                    arm_reset(&socket);
                     Err(ResetRequested)
+                }
+                Reply::ResetMidBody(response) => {
+                    arm_reset(&socket);
+                    Ok(truncated(response).await)
                 }
             }
         }
@@ -156,6 +160,29 @@ async fn serve_connection(stream: TcpStream, handler: Arc<dyn Handler>) {
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .await;
+}
+
+/// SO_LINGER 0: closing the socket resets the connection.
+fn arm_reset(socket: &StdTcpStream) {
+    if let Err(error) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
+        eprintln!("stand-in: cannot arm connection reset: {error}");
+    }
+}
+
+/// The response with its full `Content-Length` but half its body: hyper fails the
+/// connection when the body ends early, and the armed linger turns that into a reset.
+async fn truncated(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let (mut parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    parts.headers.insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from(body.len()),
+    );
+    Response::from_parts(parts, Full::new(body.slice(..body.len() / 2)))
 }
 
 fn duplicate(stream: TcpStream) -> Option<(TcpStream, StdTcpStream)> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::{get, send, try_get};
 use serde_json::Value;
-use standins::{closed_port_addr, ConsulOptions, ConsulStandin, Fault, Instance};
+use standins::{closed_port_addr, CheckStatus, ConsulOptions, ConsulStandin, Fault, Instance};
 
 fn start() -> ConsulStandin {
     ConsulStandin::start(ConsulOptions::default()).expect("start consul stand-in")
@@ -21,6 +21,15 @@ fn web(id: &str, port: u16, version: &str) -> Instance {
         .tag(format!("v{version}"))
         .meta("version", version)
         .meta("region", "eu-west")
+}
+
+/// Polls `condition` until it holds; a test that never sees it fails after a generous bound.
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < give_up, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn index_of(reply: &common::Reply) -> u64 {
@@ -320,16 +329,18 @@ fn blocking_query_wakes_on_deregistration_and_index_reset() {
     assert!(index_of(&reply) > index);
     assert_eq!(service_ids(&reply.json()), ["web-1"]);
 
-    // A restored snapshot moves the index backwards. As in Consul, the query keeps blocking
-    // (the index is not past the client's) and its answer at the timeout carries the lower
-    // index, which is how a client notices it must reset.
+    // A restored snapshot moves the index backwards. As Consul's servers do on a restore,
+    // the waiting query answers at once with the lower index, which is how a client notices
+    // it must reset.
     let current = index_of(&reply);
     let url = format!(
-        "{}/v1/catalog/service/web?index={current}&wait=500ms",
+        "{}/v1/catalog/service/web?index={current}&wait=5m",
         consul.url()
     );
     let waiter = std::thread::spawn(move || get(&url, &[]));
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("the query is held", || {
+        consul.held_queries("/v1/catalog/service/web") == 1
+    });
     consul.set_index(3);
     let reply = waiter.join().expect("waiter");
     assert_eq!(index_of(&reply), 3);
@@ -609,4 +620,475 @@ fn closed_port_and_stopped_server_refuse_connections() {
     assert_eq!(get(&url, &[]).status, 200);
     consul.stop();
     assert!(try_get(&url, &[]).is_err());
+}
+
+#[test]
+fn blocking_query_is_held_until_an_instance_meta_changes() {
+    let consul = start();
+    consul.register(web("web-1", 8081, "1.0.0"));
+    let index = consul.register(web("web-2", 8082, "1.0.0"));
+    let url = format!(
+        "{}/v1/catalog/service/web?index={index}&wait=5m",
+        consul.url()
+    );
+    let waiter = std::thread::spawn(move || get(&url, &[]));
+    wait_until("the query is held", || {
+        consul.held_queries("/v1/catalog/service/web") == 1
+    });
+    assert_eq!(consul.held_queries("/v1/catalog/"), 1);
+    assert_eq!(consul.held_queries("/v1/health/"), 0);
+
+    let changed_at = consul.set_meta("web-2", "version", "2.0.0").expect("web-2");
+    let reply = waiter.join().expect("waiter");
+    assert_eq!(index_of(&reply), changed_at);
+    assert!(changed_at > index);
+    let body = reply.json();
+    let web_2 = body
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|entry| entry["ServiceID"] == "web-2")
+        .expect("web-2 listed");
+    assert_eq!(web_2["ServiceMeta"]["version"], "2.0.0");
+    assert_eq!(web_2["ModifyIndex"], changed_at);
+    assert_eq!(
+        consul.held_queries("/v1/"),
+        0,
+        "an answered query is not held"
+    );
+    assert_eq!(consul.set_meta("nope", "version", "1"), None);
+}
+
+#[test]
+fn index_zero_or_missing_answers_at_once() {
+    let consul = start();
+    let index = consul.register(web("web-1", 8081, "1.0.0"));
+    for query in ["index=0&wait=5m", "wait=5m"] {
+        let reply = get(
+            &format!("{}/v1/catalog/service/web?{query}", consul.url()),
+            &[],
+        );
+        assert_eq!(index_of(&reply), index, "{query}");
+    }
+}
+
+#[test]
+fn index_above_the_current_one_waits_and_answers_with_the_lower_index() {
+    let consul = start();
+    let index = consul.register(web("web-1", 8081, "1.0.0"));
+    let ahead = index + 1000;
+    let url = format!(
+        "{}/v1/health/service/web?index={ahead}&wait=1s",
+        consul.url()
+    );
+    let waiter = std::thread::spawn(move || get(&url, &[]));
+    // Consul's servers block a query whose index is not below theirs, whatever the
+    // distance; the answer at the end of `wait` tells the client its index is ahead.
+    wait_until("the query is held", || {
+        consul.held_queries("/v1/health/service/web") == 1
+    });
+    let reply = waiter.join().expect("waiter");
+    assert_eq!(reply.status, 200);
+    assert_eq!(index_of(&reply), index);
+    assert_eq!(reply.json()[0]["Service"]["ID"], "web-1");
+}
+
+#[test]
+fn health_answer_has_consuls_documented_shape() {
+    let consul = start();
+    let registered_at = consul.register(web("web-1", 8081, "1.4.0").node_meta("rack", "r1"));
+    let reply = get(&format!("{}/v1/health/service/web", consul.url()), &[]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(index_of(&reply), registered_at);
+    let body = reply.json();
+    let entries = body.as_array().expect("array");
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+
+    let node = &entry["Node"];
+    for field in [
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "Meta",
+        "CreateIndex",
+        "ModifyIndex",
+    ] {
+        assert!(node.get(field).is_some(), "Node.{field} missing: {node}");
+    }
+    assert_eq!(node["Node"], "node-web-1");
+    assert_eq!(node["Address"], "10.0.0.1");
+    assert_eq!(node["Datacenter"], "dc1");
+    assert_eq!(node["Meta"]["rack"], "r1");
+    assert_eq!(node["ID"].as_str().expect("node ID").len(), 36);
+
+    let service = &entry["Service"];
+    for field in [
+        "ID",
+        "Service",
+        "Tags",
+        "Address",
+        "TaggedAddresses",
+        "Meta",
+        "Port",
+        "Weights",
+        "EnableTagOverride",
+        "CreateIndex",
+        "ModifyIndex",
+    ] {
+        assert!(
+            service.get(field).is_some(),
+            "Service.{field} missing: {service}"
+        );
+    }
+    assert_eq!(service["ID"], "web-1");
+    assert_eq!(service["Service"], "web");
+    assert_eq!(service["Tags"], serde_json::json!(["http", "v1.4.0"]));
+    assert_eq!(service["Address"], "127.0.0.1");
+    assert_eq!(service["Port"], 8081);
+    assert_eq!(service["Meta"]["version"], "1.4.0");
+    assert_eq!(service["TaggedAddresses"]["lan_ipv4"]["Port"], 8081);
+    assert_eq!(service["Weights"]["Passing"], 1);
+    assert_eq!(service["ModifyIndex"], registered_at);
+
+    let checks = entry["Checks"].as_array().expect("Checks");
+    let check_ids: Vec<&str> = checks
+        .iter()
+        .map(|check| check["CheckID"].as_str().expect("CheckID"))
+        .collect();
+    assert_eq!(check_ids, ["serfHealth", "service:web-1"]);
+    for check in checks {
+        for field in [
+            "Node",
+            "CheckID",
+            "Name",
+            "Status",
+            "ServiceID",
+            "ServiceName",
+        ] {
+            assert!(check.get(field).is_some(), "Checks[].{field} missing");
+        }
+        assert_eq!(check["Node"], "node-web-1");
+        assert_eq!(check["Status"], "passing");
+    }
+    assert_eq!(checks[0]["ServiceID"], "");
+    assert_eq!(checks[1]["ServiceID"], "web-1");
+    assert_eq!(checks[1]["ServiceName"], "web");
+
+    let unknown = get(&format!("{}/v1/health/service/nope", consul.url()), &[]);
+    assert_eq!(unknown.json(), serde_json::json!([]));
+    assert_eq!(index_of(&unknown), consul.index());
+}
+
+#[test]
+fn health_passing_lists_only_instances_whose_checks_all_pass() {
+    let consul = start();
+    consul.register(web("web-1", 8081, "1.0.0"));
+    consul.register(web("web-2", 8082, "1.0.0").check_status(CheckStatus::Warning));
+    consul.register(web("web-3", 8083, "1.0.0"));
+    let base = format!("{}/v1/health/service/web", consul.url());
+    let ids = |query: &str| {
+        let reply = get(&format!("{base}{query}"), &[]);
+        assert_eq!(reply.status, 200, "{query}: {}", reply.text());
+        let mut ids: Vec<String> = reply
+            .json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|entry| entry["Service"]["ID"].as_str().expect("ID").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(""), ["web-1", "web-2", "web-3"]);
+    assert_eq!(ids("?passing"), ["web-1", "web-3"]);
+    assert_eq!(ids("?passing=true"), ["web-1", "web-3"]);
+    assert_eq!(ids("?passing=false"), ["web-1", "web-2", "web-3"]);
+
+    let index = index_of(&get(&format!("{base}?passing"), &[]));
+    let changed_at = consul
+        .set_check_status("web-3", CheckStatus::Critical)
+        .expect("web-3");
+    assert!(changed_at > index);
+    assert_eq!(ids("?passing"), ["web-1"]);
+    let all = get(&base, &[]).json();
+    let web_3 = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|entry| entry["Service"]["ID"] == "web-3")
+        .expect("web-3 listed")
+        .clone();
+    assert_eq!(web_3["Checks"][1]["Status"], "critical");
+    assert_eq!(web_3["Checks"][1]["ModifyIndex"], changed_at);
+    // The catalog lists every instance, whatever its checks say.
+    assert_eq!(
+        service_ids(&get(&format!("{}/v1/catalog/service/web", consul.url()), &[]).json()),
+        ["web-1", "web-2", "web-3"]
+    );
+    assert_eq!(consul.set_check_status("nope", CheckStatus::Passing), None);
+    assert_eq!(get(&format!("{base}?passing=maybe"), &[]).status, 400);
+}
+
+#[test]
+fn health_blocking_query_wakes_on_a_check_status_change() {
+    let consul = start();
+    let index = consul.register(web("web-1", 8081, "1.0.0"));
+    let url = format!(
+        "{}/v1/health/service/web?passing&index={index}&wait=5m",
+        consul.url()
+    );
+    let waiter = std::thread::spawn(move || get(&url, &[]));
+    wait_until("the query is held", || {
+        consul.held_queries("/v1/health/service/web") == 1
+    });
+    let changed_at = consul
+        .set_check_status("web-1", CheckStatus::Critical)
+        .expect("web-1");
+    let reply = waiter.join().expect("waiter");
+    assert_eq!(index_of(&reply), changed_at);
+    assert_eq!(reply.json(), serde_json::json!([]));
+}
+
+#[test]
+fn registration_check_status_reaches_the_health_answer() {
+    let consul = start();
+    let register_url = format!("{}/v1/agent/service/register", consul.url());
+    let body = br#"{
+        "Name": "echo", "ID": "echo-1", "Port": 18080,
+        "Check": {"HTTP": "http://127.0.0.1:18080/health", "Interval": "5s",
+                  "Status": "critical"}
+    }"#;
+    assert_eq!(send("PUT", &register_url, &[], body).status, 200);
+    let base = format!("{}/v1/health/service/echo", consul.url());
+    assert_eq!(
+        get(&format!("{base}?passing"), &[]).json(),
+        serde_json::json!([])
+    );
+    let check = &get(&base, &[]).json()[0]["Checks"][1];
+    assert_eq!(check["Status"], "critical");
+    assert_eq!(check["Type"], "http");
+    assert_eq!(check["Interval"], "5s");
+    let bad = br#"{"Name": "x", "Check": {"TTL": "10s", "Status": "fine"}}"#;
+    let refused = send("PUT", &register_url, &[], bad);
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("Status"), "{}", refused.text());
+}
+
+#[test]
+fn health_reads_take_dc_filter_stale_and_tokens_like_the_catalog() {
+    let consul = ConsulStandin::start(ConsulOptions {
+        acl_token: Some("s3cr3t".to_owned()),
+        ..ConsulOptions::default()
+    })
+    .expect("start");
+    consul.register(web("web-1", 8081, "1.0.0"));
+    consul.register(web("web-2", 8082, "2.0.0"));
+    consul.register(web("web-3", 8083, "2.0.0").datacenter("dc2"));
+    let base = format!("{}/v1/health/service/web", consul.url());
+    let token = [("X-Consul-Token", "s3cr3t")];
+    let ids = |reply: &common::Reply| -> Vec<String> {
+        reply
+            .json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|entry| entry["Service"]["ID"].as_str().expect("ID").to_owned())
+            .collect()
+    };
+    let filtered = |expression: &str| {
+        format!(
+            "{base}?filter={}",
+            percent_encoding::utf8_percent_encode(expression, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+
+    assert_eq!(ids(&get(&format!("{base}?dc=dc2"), &token)), ["web-3"]);
+    assert_eq!(
+        get(&format!("{base}?dc=mars"), &token).text(),
+        "No path to datacenter"
+    );
+    assert_eq!(
+        ids(&get(
+            &filtered(r#"Service.Meta.version == "2.0.0""#),
+            &token
+        )),
+        ["web-2"]
+    );
+    assert_eq!(
+        ids(&get(&filtered(r#"Node.Node == "node-web-1""#), &token)),
+        ["web-1"]
+    );
+    assert_eq!(
+        ids(&get(&filtered(r#""v1.0.0" in Service.Tags"#), &token)),
+        ["web-1"]
+    );
+    for (expression, message) in [
+        (r#"ServiceMeta.version == "2.0.0""#, "is not valid"),
+        (
+            r#"Checks.Status == "passing""#,
+            "is not supported by this Consul stand-in",
+        ),
+    ] {
+        let reply = get(&filtered(expression), &token);
+        assert_eq!(reply.status, 500, "{expression}");
+        assert!(reply.text().contains(message), "{}", reply.text());
+    }
+    let stale = get(&format!("{base}?stale"), &token);
+    assert_eq!(
+        stale.header("x-consul-effective-consistency"),
+        Some("stale")
+    );
+    assert_eq!(ids(&get(&format!("{base}?token=s3cr3t"), &[])).len(), 2);
+    let anonymous = get(&base, &[]);
+    assert_eq!(anonymous.json(), serde_json::json!([]));
+    assert_eq!(
+        anonymous.header("x-consul-results-filtered-by-acls"),
+        Some("true")
+    );
+    let wrong = get(&base, &[("X-Consul-Token", "guess")]);
+    assert_eq!(
+        (wrong.status, wrong.text().as_str()),
+        (403, "ACL not found")
+    );
+}
+
+#[test]
+fn cached_reads_miss_then_hit_with_age_zero_and_follow_changes() {
+    let consul = start();
+    consul.register(web("web-1", 8081, "1.0.0"));
+    for path in ["/v1/catalog/service/web", "/v1/health/service/web"] {
+        let url = format!("{}{path}?cached", consul.url());
+        let first = get(&url, &[]);
+        assert_eq!(first.status, 200);
+        assert_eq!(first.header("x-cache"), Some("MISS"), "{path}");
+        assert_eq!(first.header("age"), None, "a miss has no Age");
+        let second = get(&url, &[]);
+        assert_eq!(second.header("x-cache"), Some("HIT"), "{path}");
+        assert_eq!(second.header("age"), Some("0"), "{path}");
+        assert_eq!(index_of(&second), index_of(&first));
+        assert_eq!(second.body, first.body);
+    }
+    assert_eq!(consul.agent_cache_fetches(), 2);
+
+    // Each cached query is its own entry.
+    let passing = get(
+        &format!("{}/v1/health/service/web?passing&cached", consul.url()),
+        &[],
+    );
+    assert_eq!(passing.header("x-cache"), Some("MISS"));
+    assert_eq!(consul.agent_cache_fetches(), 3);
+
+    // The agent's background refresh keeps the entries current: one fetch each per change.
+    let changed_at = consul.set_meta("web-1", "version", "1.1.0").expect("web-1");
+    assert_eq!(consul.agent_cache_fetches(), 6);
+    let after = get(
+        &format!("{}/v1/catalog/service/web?cached", consul.url()),
+        &[],
+    );
+    assert_eq!(after.header("x-cache"), Some("HIT"));
+    assert_eq!(after.header("age"), Some("0"));
+    assert_eq!(index_of(&after), changed_at);
+    assert_eq!(after.json()[0]["ServiceMeta"]["version"], "1.1.0");
+
+    let refused = get(
+        &format!("{}/v1/catalog/service/web?cached&consistent", consul.url()),
+        &[],
+    );
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.text(),
+        "Cannot specify ?cached with ?consistent, conflicting semantics."
+    );
+}
+
+#[test]
+fn agent_without_servers_answers_hits_frozen_with_their_age() {
+    let consul = start();
+    consul.register(web("web-1", 8081, "1.0.0"));
+    let url = format!("{}/v1/health/service/web?cached", consul.url());
+    let fresh = get(&url, &[]);
+    assert_eq!(fresh.header("x-cache"), Some("MISS"));
+
+    consul.disconnect_agent_cache_since(Duration::from_secs(120));
+    consul.set_meta("web-1", "version", "2.0.0");
+    let aged = get(&url, &[]);
+    assert_eq!(aged.status, 200);
+    assert_eq!(aged.header("x-cache"), Some("HIT"));
+    let age: u64 = aged
+        .header("age")
+        .expect("Age")
+        .parse()
+        .expect("numeric Age");
+    assert!(age >= 120, "Age {age}");
+    assert_eq!(
+        aged.json()[0]["Service"]["Meta"]["version"],
+        "1.0.0",
+        "the cut-off agent cannot see the change"
+    );
+    assert_eq!(index_of(&aged), index_of(&fresh));
+
+    for uncached in [
+        format!("{}/v1/health/service/web", consul.url()),
+        format!("{}/v1/catalog/service/web?cached", consul.url()),
+    ] {
+        let reply = get(&uncached, &[]);
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (500, "No known Consul servers"),
+            "{uncached}"
+        );
+    }
+
+    consul.reconnect_agent_cache();
+    let caught_up = get(&url, &[]);
+    assert_eq!(caught_up.header("x-cache"), Some("HIT"));
+    assert_eq!(caught_up.header("age"), Some("0"));
+    assert_eq!(caught_up.json()[0]["Service"]["Meta"]["version"], "2.0.0");
+}
+
+#[test]
+fn cached_entries_unused_for_the_cache_ttl_are_fetched_again() {
+    let consul = ConsulStandin::start(ConsulOptions {
+        agent_cache_ttl: Duration::from_millis(50),
+        ..ConsulOptions::default()
+    })
+    .expect("start");
+    consul.register(web("web-1", 8081, "1.0.0"));
+    let url = format!("{}/v1/catalog/service/web?cached", consul.url());
+    assert_eq!(get(&url, &[]).header("x-cache"), Some("MISS"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(&url, &[]).header("x-cache"), Some("MISS"));
+    assert_eq!(consul.agent_cache_fetches(), 2);
+}
+
+#[test]
+fn cached_blocking_query_waits_on_the_agent_cache() {
+    let consul = start();
+    let index = consul.register(web("web-1", 8081, "1.0.0"));
+    let base = format!("{}/v1/catalog/service/web?cached", consul.url());
+    assert_eq!(get(&base, &[]).header("x-cache"), Some("MISS"));
+    let url = format!("{base}&index={index}&wait=5m");
+    let waiter = std::thread::spawn(move || get(&url, &[]));
+    wait_until("the query is held", || {
+        consul.held_queries("/v1/catalog/service/web") == 1
+    });
+    let changed_at = consul.register(web("web-2", 8082, "1.0.0"));
+    let reply = waiter.join().expect("waiter");
+    assert_eq!(reply.header("x-cache"), Some("HIT"));
+    assert_eq!(reply.header("age"), Some("0"));
+    assert_eq!(index_of(&reply), changed_at);
+    assert_eq!(service_ids(&reply.json()), ["web-1", "web-2"]);
+
+    // Cut off from its servers, the agent holds the query to the end of `wait` and answers
+    // with what it has.
+    consul.disconnect_agent_cache();
+    consul.register(web("web-3", 8083, "1.0.0"));
+    let frozen = get(&format!("{base}&index={changed_at}&wait=100ms"), &[]);
+    assert_eq!(frozen.header("x-cache"), Some("HIT"));
+    assert_eq!(index_of(&frozen), changed_at);
+    assert_eq!(service_ids(&frozen.json()), ["web-1", "web-2"]);
 }

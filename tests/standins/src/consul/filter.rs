@@ -1,8 +1,12 @@
-//! Consul's `filter` query parameter for `GET /v1/catalog/service/:service`.
+//! Consul's `filter` query parameter for `GET /v1/catalog/service/:service` and
+//! `GET /v1/health/service/:service`.
 //!
 //! Follows developer.hashicorp.com/consul/api-docs/features/filtering (operators, values,
-//! boolean logic, precedence) and the selector table of "List Nodes for Service" in
-//! developer.hashicorp.com/consul/api-docs/catalog. Values are quoted strings ("..." or
+//! boolean logic, precedence) and the selector tables of "List Nodes for Service" in
+//! developer.hashicorp.com/consul/api-docs/catalog and of "List Service Instances for
+//! Service" in developer.hashicorp.com/consul/api-docs/health (`Node.*` and `Service.*`;
+//! the `Checks.*` selectors, which reach into a list, are refused as not supported here).
+//! Values are quoted strings ("..." or
 //! `...`), numbers or identifiers, as the filtering document describes. `matches` (regular
 //! expressions) is not implemented and is refused like a syntax error. A refused expression
 //! gives the message Consul's evaluator gives, "Failed to create boolean expression
@@ -10,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use super::CatalogEntry;
+use super::{CatalogEntry, Endpoint};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Expression {
@@ -67,10 +71,12 @@ enum MapField {
     TaggedAddresses,
 }
 
-pub(crate) fn parse(source: &str) -> Result<Expression, String> {
+/// Parses `source` with the selectors of `endpoint`.
+pub(crate) fn parse(source: &str, endpoint: Endpoint) -> Result<Expression, String> {
     let mut parser = Parser {
         source,
         position: 0,
+        endpoint,
     };
     let expression = parser.or()?;
     parser.skip_whitespace();
@@ -177,6 +183,7 @@ fn contains(resolved: &Resolved<'_>, value: &str) -> bool {
 struct Parser<'a> {
     source: &'a str,
     position: usize,
+    endpoint: Endpoint,
 }
 
 impl Parser<'_> {
@@ -327,56 +334,44 @@ impl Parser<'_> {
         Some(&self.source[start..start + length])
     }
 
+    /// A selector: an identifier, then `.identifier` or `["key"]` parts.
     fn selector(&mut self) -> Result<Selector, String> {
         let start = self.position;
         let Some(first) = self.identifier().map(str::to_owned) else {
             return Err(self.error("no match found, expected: a selector"));
         };
-        let mut key = None;
-        if self.rest().starts_with('.') {
-            self.position += 1;
-            match self.identifier() {
-                Some(part) => key = Some(part.to_owned()),
-                None => return Err(self.error("no match found, expected: [a-zA-Z0-9_]")),
-            }
-        } else if self.rest().starts_with('[') {
-            self.position += 1;
-            key = Some(self.quoted()?);
-            if !self.symbol("]") {
-                return Err(self.error("no match found, expected: \"]\""));
+        let mut path = vec![first];
+        loop {
+            if self.rest().starts_with('.') {
+                self.position += 1;
+                match self.identifier() {
+                    Some(part) => path.push(part.to_owned()),
+                    None => return Err(self.error("no match found, expected: [a-zA-Z0-9_]")),
+                }
+            } else if self.rest().starts_with('[') {
+                self.position += 1;
+                path.push(self.quoted()?);
+                if !self.symbol("]") {
+                    return Err(self.error("no match found, expected: \"]\""));
+                }
+            } else {
+                break;
             }
         }
-        let selector = match (first.as_str(), key) {
-            ("ID", None) => Selector::Text(TextField::Id),
-            ("Node", None) => Selector::Text(TextField::Node),
-            ("Address", None) => Selector::Text(TextField::Address),
-            ("Datacenter", None) => Selector::Text(TextField::Datacenter),
-            ("ServiceID", None) => Selector::Text(TextField::ServiceId),
-            ("ServiceName", None) => Selector::Text(TextField::ServiceName),
-            ("ServiceAddress", None) => Selector::Text(TextField::ServiceAddress),
-            ("ServiceKind", None) => Selector::Text(TextField::ServiceKind),
-            ("ServicePort", None) => Selector::Port,
-            ("ServiceEnableTagOverride", None) => Selector::EnableTagOverride,
-            ("ServiceTags", None) => Selector::Tags,
-            (name, key) => {
-                let field = match name {
-                    "NodeMeta" => MapField::NodeMeta,
-                    "ServiceMeta" => MapField::ServiceMeta,
-                    "TaggedAddresses" => MapField::TaggedAddresses,
-                    _ => {
-                        let text = &self.source[start..self.position];
-                        let text = text.trim();
-                        self.position = start;
-                        return Err(format!("Selector {text:?} is not valid"));
-                    }
-                };
-                match key {
-                    Some(key) => Selector::MapKey(field, key),
-                    None => Selector::Map(field),
-                }
-            }
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        let selector = match self.endpoint {
+            Endpoint::Catalog => catalog_selector(&path),
+            Endpoint::Health => health_selector(&path),
         };
-        Ok(selector)
+        selector.ok_or_else(|| {
+            let text = self.source[start..self.position].trim().to_owned();
+            self.position = start;
+            if self.endpoint == Endpoint::Health && path[0] == "Checks" {
+                format!("Selector {text:?} is not supported by this Consul stand-in")
+            } else {
+                format!("Selector {text:?} is not valid")
+            }
+        })
     }
 
     fn quoted(&mut self) -> Result<String, String> {
@@ -415,6 +410,65 @@ impl Parser<'_> {
             Some(word) => Ok(word.to_owned()),
             None => Err(self.error("no match found, expected: a value")),
         }
+    }
+}
+
+/// Selectors of "List Nodes for Service": flat names, maps with one key.
+fn catalog_selector(path: &[&str]) -> Option<Selector> {
+    Some(match path {
+        ["ID"] => Selector::Text(TextField::Id),
+        ["Node"] => Selector::Text(TextField::Node),
+        ["Address"] => Selector::Text(TextField::Address),
+        ["Datacenter"] => Selector::Text(TextField::Datacenter),
+        ["ServiceID"] => Selector::Text(TextField::ServiceId),
+        ["ServiceName"] => Selector::Text(TextField::ServiceName),
+        ["ServiceAddress"] => Selector::Text(TextField::ServiceAddress),
+        ["ServiceKind"] => Selector::Text(TextField::ServiceKind),
+        ["ServicePort"] => Selector::Port,
+        ["ServiceEnableTagOverride"] => Selector::EnableTagOverride,
+        ["ServiceTags"] => Selector::Tags,
+        [map] => Selector::Map(catalog_map(map)?),
+        [map, key] => Selector::MapKey(catalog_map(map)?, (*key).to_owned()),
+        _ => return None,
+    })
+}
+
+fn catalog_map(name: &str) -> Option<MapField> {
+    match name {
+        "NodeMeta" => Some(MapField::NodeMeta),
+        "ServiceMeta" => Some(MapField::ServiceMeta),
+        "TaggedAddresses" => Some(MapField::TaggedAddresses),
+        _ => None,
+    }
+}
+
+/// Selectors of "List Service Instances for Service": `Node.<field>` and
+/// `Service.<field>`, maps with one key more.
+fn health_selector(path: &[&str]) -> Option<Selector> {
+    Some(match path {
+        ["Node", "ID"] => Selector::Text(TextField::Id),
+        ["Node", "Node"] => Selector::Text(TextField::Node),
+        ["Node", "Address"] => Selector::Text(TextField::Address),
+        ["Node", "Datacenter"] => Selector::Text(TextField::Datacenter),
+        ["Service", "ID"] => Selector::Text(TextField::ServiceId),
+        ["Service", "Service"] => Selector::Text(TextField::ServiceName),
+        ["Service", "Address"] => Selector::Text(TextField::ServiceAddress),
+        ["Service", "Kind"] => Selector::Text(TextField::ServiceKind),
+        ["Service", "Port"] => Selector::Port,
+        ["Service", "EnableTagOverride"] => Selector::EnableTagOverride,
+        ["Service", "Tags"] => Selector::Tags,
+        [owner, map] => Selector::Map(health_map(owner, map)?),
+        [owner, map, key] => Selector::MapKey(health_map(owner, map)?, (*key).to_owned()),
+        _ => return None,
+    })
+}
+
+fn health_map(owner: &str, name: &str) -> Option<MapField> {
+    match (owner, name) {
+        ("Node", "Meta") => Some(MapField::NodeMeta),
+        ("Node", "TaggedAddresses") => Some(MapField::TaggedAddresses),
+        ("Service", "Meta") => Some(MapField::ServiceMeta),
+        _ => None,
     }
 }
 

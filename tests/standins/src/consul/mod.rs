@@ -3,12 +3,29 @@
 //! Follows these documents of developer.hashicorp.com/consul/api-docs:
 //! - `catalog`, "List Nodes for Service" (`GET /v1/catalog/service/:service`): response
 //!   fields, the `dc`, `tag` and `filter` parameters, unknown service → `200 []`.
+//! - `health`, "List Service Instances for Service" (`GET /v1/health/service/:service`):
+//!   entries of `Node`, `Service` and `Checks`, the `passing` parameter (only instances whose
+//!   checks all pass), `dc`, `tag` and `filter` as for the catalog.
 //! - `agent/service`, "Register Service" (`PUT /v1/agent/service/register`, with `Name`, `ID`,
-//!   `Address`, `Port`, `Tags`, `Meta`, `Check`) and "Deregister Service"
-//!   (`PUT /v1/agent/service/deregister/:service_id`).
-//! - `features/blocking`: `index` and `wait` (default 5m, at most 10m, Go duration syntax),
-//!   `X-Consul-Index` never 0; a service's index moves only when that service changes, an
-//!   unknown service follows the whole catalog's index.
+//!   `Address`, `Port`, `Tags`, `Meta`, `Check` and its initial `Status`) and "Deregister
+//!   Service" (`PUT /v1/agent/service/deregister/:service_id`).
+//! - `features/blocking`, "Blocking Queries": `index` and `wait` (default 5m, at most 10m, Go
+//!   duration syntax), `X-Consul-Index` never 0; a service's index moves only when that
+//!   service changes (an instance registered or deregistered, its meta or its check's status
+//!   changed), an unknown service follows the whole catalog's index. `index` 0 or absent
+//!   answers at once. A query whose `index` is not below the current one waits for a change
+//!   or the end of `wait`, an `index` above the current one included: that is what Consul's
+//!   servers do (the page's "Reset the index if it goes backwards" is the client's rule).
+//!   A restored snapshot (`ConsulStandin::set_index`) answers every waiting query at once
+//!   with the lower index, as Consul's servers do when a restore abandons their watches.
+//! - `features/caching`, "Agent Caching", the "background refresh" form both endpoints
+//!   document: `?cached` answers from the agent's cache with `X-Cache: HIT` or `MISS`; a miss
+//!   fetches from the servers and the entry then follows every change of its service while
+//!   the agent reaches its servers, so a hit's `Age` is `0`; an agent cut off from its
+//!   servers keeps answering hits, frozen, with `Age` the seconds since it lost them;
+//!   `Cache-Control` is ignored in this form; an entry unused for the cache TTL (3 days) is
+//!   dropped. `cached` with `index` is a blocking query on the cached entry. `cached` with
+//!   `consistent` is a 400.
 //! - `features/consistency`: `stale`, `consistent` (both at once: 400),
 //!   `X-Consul-KnownLeader`, `X-Consul-LastContact`, `X-Consul-Effective-Consistency`.
 //! - `features/filtering` (see the `filter` module).
@@ -20,11 +37,17 @@
 //!
 //! Error bodies are the texts Consul's HTTP server writes (`text/plain`): an unknown `dc` is
 //! `500 No path to datacenter` (hashicorp/consul issue 908); `Invalid wait time`,
-//! `Invalid index`, `Cannot specify ?stale with ?consistent, conflicting semantics.` are 400.
+//! `Invalid index`, `Cannot specify ?stale with ?consistent, conflicting semantics.` are 400;
+//! an agent without servers answers reads it cannot serve from its cache with
+//! `500 No known Consul servers`.
 //!
-//! Simplifications: the agent is one node; health checks are stored, not run; blocking waits
-//! get no random jitter; instances are always returned (the catalog has no health filter).
+//! Simplifications: the agent is one node, whose `serfHealth` check always passes; checks
+//! are stored, not run: every instance has one service check, passing unless the
+//! registration's `Check.Status` or `ConsulStandin::set_check_status` says otherwise
+//! (Consul starts a check `critical` until it first runs); blocking waits get no random
+//! jitter (Consul adds up to `wait / 16`).
 
+mod agent_cache;
 mod filter;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,13 +68,17 @@ use tokio::time::Instant;
 use crate::fault::{self, Fault, FaultPlan};
 use crate::lock;
 use crate::server::{self, read_body, response, text, Handler, LoopbackServer, Reply, ReplyFuture};
+use agent_cache::{AgentCache, CacheOutcome};
 
 /// The first index of a fresh catalog; Consul's indexes are never 0.
 const FIRST_INDEX: u64 = 10;
 const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
 const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
+/// How long the agent keeps a cached read nobody asks for (Consul's default: 3 days).
+const DEFAULT_AGENT_CACHE_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
 const MAX_REQUEST_BODY: usize = 1 << 20;
 const ANONYMOUS_ACCESSOR_ID: &str = "00000000-0000-0000-0000-000000000002";
+const NO_SERVERS: &str = "No known Consul servers";
 
 /// How the stand-in is started.
 #[derive(Debug, Clone)]
@@ -71,6 +98,8 @@ pub struct ConsulOptions {
     /// Encode empty tags and meta as `null`, as Consul versions before 1.x's struct defaults
     /// did and as Go's `nil` slices and maps still can.
     pub empty_collections_as_null: bool,
+    /// How long a `?cached` read stays in the agent's cache without being asked for.
+    pub agent_cache_ttl: Duration,
 }
 
 impl Default for ConsulOptions {
@@ -83,6 +112,36 @@ impl Default for ConsulOptions {
             node_address: "127.0.0.1".to_owned(),
             acl_token: None,
             empty_collections_as_null: false,
+            agent_cache_ttl: DEFAULT_AGENT_CACHE_TTL,
+        }
+    }
+}
+
+/// The status of a health check, as Consul writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckStatus {
+    #[default]
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Warning => "warning",
+            CheckStatus::Critical => "critical",
+        }
+    }
+
+    /// `passing`, `warning` or `critical`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "passing" => Some(CheckStatus::Passing),
+            "warning" => Some(CheckStatus::Warning),
+            "critical" => Some(CheckStatus::Critical),
+            _ => None,
         }
     }
 }
@@ -104,6 +163,8 @@ pub struct Instance {
     pub meta: BTreeMap<String, String>,
     pub node_meta: BTreeMap<String, String>,
     pub check: Option<HttpCheck>,
+    /// The status of the instance's service check.
+    pub check_status: CheckStatus,
 }
 
 /// The HTTP health check given at registration (stored, not run).
@@ -128,6 +189,7 @@ impl Instance {
             meta: BTreeMap::new(),
             node_meta: BTreeMap::new(),
             check: None,
+            check_status: CheckStatus::Passing,
         }
     }
 
@@ -164,6 +226,11 @@ impl Instance {
 
     pub fn node_meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.node_meta.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn check_status(mut self, status: CheckStatus) -> Self {
+        self.check_status = status;
         self
     }
 }
@@ -211,15 +278,13 @@ impl ConsulStandin {
     pub fn start(options: ConsulOptions) -> io::Result<Self> {
         let (changes, _) = watch::channel(FIRST_INDEX);
         let state = Arc::new(ConsulState {
-            catalog: Mutex::new(Catalog {
-                entries: Vec::new(),
-                index: FIRST_INDEX,
-                service_index: HashMap::new(),
-            }),
+            catalog: Mutex::new(Catalog::new()),
+            agent_cache: Mutex::new(AgentCache::new(options.agent_cache_ttl)),
             options: options.clone(),
             changes,
             fault: Mutex::new(FaultPlan::default()),
             log: Mutex::new(Vec::new()),
+            held: Mutex::new(HashMap::new()),
         });
         let server = LoopbackServer::start("consul-standin", options.listen, state.clone())?;
         Ok(Self { server, state })
@@ -248,12 +313,30 @@ impl ConsulStandin {
         self.state.deregister(service_id, None)
     }
 
+    /// Sets meta `key` to `value` on every instance with this service ID, as a
+    /// re-registration with the new meta would; the new index, `None` if there is no such
+    /// instance.
+    pub fn set_meta(&self, service_id: &str, key: &str, value: &str) -> Option<u64> {
+        self.state.update_instances(service_id, |entry, index| {
+            entry.instance.meta.insert(key.to_owned(), value.to_owned());
+            entry.modify_index = index;
+        })
+    }
+
+    /// Sets the status of the service check of every instance with this service ID; the new
+    /// index, `None` if there is no such instance.
+    pub fn set_check_status(&self, service_id: &str, status: CheckStatus) -> Option<u64> {
+        self.state.update_instances(service_id, |entry, index| {
+            entry.instance.check_status = status;
+            entry.check_modify_index = index;
+        })
+    }
+
     /// The instances of a service, in every datacenter.
     pub fn instances(&self, service: &str) -> Vec<Instance> {
         lock(&self.state.catalog)
-            .entries
+            .instances_of(service)
             .iter()
-            .filter(|entry| entry.instance.service == service)
             .map(|entry| entry.instance.clone())
             .collect()
     }
@@ -264,20 +347,22 @@ impl ConsulStandin {
     }
 
     /// Moves every index to `index`, backwards too, as a restored snapshot or a new cluster
-    /// does; blocked queries wake up.
+    /// does; every blocked query answers at once with it.
     pub fn set_index(&self, index: u64) {
         let index = index.max(1);
         let mut catalog = lock(&self.state.catalog);
         catalog.index = index;
+        catalog.restores += 1;
         for value in catalog.service_index.values_mut() {
             *value = index;
         }
-        for entry in &mut catalog.entries {
+        for entry in catalog.services.values_mut().flatten() {
             entry.create_index = entry.create_index.min(index);
             entry.modify_index = index;
+            entry.check_modify_index = index;
         }
         drop(catalog);
-        self.state.changes.send_replace(index);
+        self.state.publish(index);
     }
 
     /// Applies `fault` to every request from now on.
@@ -302,11 +387,53 @@ impl ConsulStandin {
     pub fn request_log(&self) -> Vec<RecordedRequest> {
         lock(&self.state.log).clone()
     }
+
+    /// How many blocking queries (with an `index`) whose path starts with `path_prefix` are
+    /// held right now, waiting for a change.
+    pub fn held_queries(&self, path_prefix: &str) -> usize {
+        lock(&self.state.held)
+            .iter()
+            .filter(|(path, _)| path.starts_with(path_prefix))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// The agent loses its servers now: cached answers stop following changes and their
+    /// `Age` counts from now; reads the cache cannot answer get `500`.
+    pub fn disconnect_agent_cache(&self) {
+        self.disconnect_agent_cache_since(Duration::ZERO);
+    }
+
+    /// As [`ConsulStandin::disconnect_agent_cache`], the servers lost `ago` before now, so
+    /// cached answers report an `Age` of at least `ago`.
+    pub fn disconnect_agent_cache_since(&self, ago: Duration) {
+        lock(&self.state.agent_cache).disconnect(ago);
+    }
+
+    /// The agent reaches its servers again: cached answers catch up at once, `Age` is 0.
+    pub fn reconnect_agent_cache(&self) {
+        lock(&self.state.agent_cache).reconnect();
+        let index = lock(&self.state.catalog).index;
+        self.state.publish(index);
+    }
+
+    /// How many times the agent's cache fetched from the servers: misses, and background
+    /// refreshes when a cached service changed.
+    pub fn agent_cache_fetches(&self) -> u64 {
+        lock(&self.state.agent_cache).fetches()
+    }
 }
 
 /// An address on which nothing listens, for "Consul is down" cases.
 pub fn closed_port_addr() -> SocketAddr {
     server::closed_port_addr()
+}
+
+/// The read endpoint a query came through; both list one service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Endpoint {
+    Catalog,
+    Health,
 }
 
 /// A catalog row: the instance plus what Consul derives for it.
@@ -318,16 +445,34 @@ pub(crate) struct CatalogEntry {
     tagged_addresses: BTreeMap<String, String>,
     create_index: u64,
     modify_index: u64,
+    /// Last change of the service check's status.
+    check_modify_index: u64,
 }
 
 struct Catalog {
-    entries: Vec<CatalogEntry>,
+    /// Instances by service name; no service has an empty list.
+    services: HashMap<String, Vec<CatalogEntry>>,
     index: u64,
     /// Index of the last change per service that has instances.
     service_index: HashMap<String, u64>,
+    /// Snapshot restores so far: each answers every waiting query.
+    restores: u64,
 }
 
 impl Catalog {
+    fn new() -> Self {
+        Self {
+            services: HashMap::new(),
+            index: FIRST_INDEX,
+            service_index: HashMap::new(),
+            restores: 0,
+        }
+    }
+
+    fn instances_of(&self, service: &str) -> &[CatalogEntry] {
+        self.services.get(service).map_or(&[], Vec::as_slice)
+    }
+
     fn index_of(&self, service: &str) -> u64 {
         self.service_index
             .get(service)
@@ -339,7 +484,7 @@ impl Catalog {
     fn commit(&mut self, services: &[String]) -> u64 {
         self.index += 1;
         for service in services {
-            if self.entries.iter().any(|e| e.instance.service == *service) {
+            if self.services.contains_key(service) {
                 self.service_index.insert(service.clone(), self.index);
             } else {
                 self.service_index.remove(service);
@@ -347,15 +492,123 @@ impl Catalog {
         }
         self.index
     }
+
+    /// Takes out the entry of `id` on `node`, wherever its service is.
+    fn take(&mut self, node: &str, id: &str) -> Option<CatalogEntry> {
+        let (service, position) = self.services.iter().find_map(|(service, entries)| {
+            entries
+                .iter()
+                .position(|e| e.instance.node == node && e.instance.id == id)
+                .map(|position| (service.clone(), position))
+        })?;
+        let entries = self.services.get_mut(&service)?;
+        let entry = entries.remove(position);
+        if entries.is_empty() {
+            self.services.remove(&service);
+        }
+        Some(entry)
+    }
+}
+
+/// Everything that decides the answer of one read of a service's instances.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceQuery {
+    endpoint: Endpoint,
+    service: String,
+    datacenter: String,
+    tags: Vec<String>,
+    /// The `filter` parameter as given, and parsed.
+    filter_source: String,
+    filter: Option<filter::Expression>,
+    /// Health only: instances whose checks all pass.
+    passing: bool,
+    /// Read with the anonymous token while ACLs deny by default.
+    anonymous: bool,
+}
+
+impl ServiceQuery {
+    /// Two reads with the same key get the same answer (the agent cache's key).
+    fn cache_key(&self) -> String {
+        format!(
+            "{:?}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.endpoint,
+            self.service,
+            self.datacenter,
+            self.tags.join("\t"),
+            self.filter_source,
+            self.passing,
+            self.anonymous
+        )
+    }
+
+    fn selects(&self, entry: &CatalogEntry) -> bool {
+        entry.instance.datacenter == self.datacenter
+            && self
+                .tags
+                .iter()
+                .all(|tag| entry.instance.tags.iter().any(|t| t == tag))
+            && self.filter.as_ref().is_none_or(|e| e.matches(entry))
+            && (!self.passing || entry.instance.check_status == CheckStatus::Passing)
+    }
+}
+
+/// One answer to a read: the index it reflects and its JSON body.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    index: u64,
+    body: Bytes,
+    filtered_by_acls: bool,
+}
+
+/// A parsed read request.
+struct Read {
+    query: ServiceQuery,
+    /// 0: answer at once.
+    min_index: u64,
+    wait: Duration,
+    consistency: &'static str,
+    cached: bool,
+}
+
+/// Counts a blocking query as held while it lives.
+struct HeldQuery<'a> {
+    held: &'a Mutex<HashMap<String, usize>>,
+    path: String,
+}
+
+impl<'a> HeldQuery<'a> {
+    fn new(held: &'a Mutex<HashMap<String, usize>>, path: &str) -> Self {
+        *lock(held).entry(path.to_owned()).or_insert(0) += 1;
+        Self {
+            held,
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for HeldQuery<'_> {
+    fn drop(&mut self) {
+        let mut held = lock(self.held);
+        if let Some(count) = held.get_mut(&self.path) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.path);
+            }
+        }
+    }
 }
 
 struct ConsulState {
     options: ConsulOptions,
     catalog: Mutex<Catalog>,
+    /// Locked before `catalog` when both are held.
+    agent_cache: Mutex<AgentCache>,
     /// Carries the catalog index; blocking queries wait on it.
     changes: watch::Sender<u64>,
     fault: Mutex<FaultPlan>,
     log: Mutex<Vec<RecordedRequest>>,
+    /// Blocking queries held now, by path.
+    held: Mutex<HashMap<String, usize>>,
 }
 
 impl ConsulState {
@@ -369,25 +622,23 @@ impl ConsulState {
         }
         let mut catalog = lock(&self.catalog);
         let next_index = catalog.index + 1;
-        let existing = catalog
-            .entries
-            .iter()
-            .position(|e| e.instance.node == instance.node && e.instance.id == instance.id);
         let mut touched = vec![instance.service.clone()];
-        let create_index = match existing {
-            Some(position) => {
-                let old = catalog.entries.remove(position);
+        let create_index = match catalog.take(&instance.node, &instance.id) {
+            Some(old) => {
                 touched.push(old.instance.service);
                 old.create_index
             }
             None => next_index,
         };
+        let service = instance.service.clone();
         catalog
-            .entries
+            .services
+            .entry(service)
+            .or_default()
             .push(derive_entry(instance, create_index, next_index));
         let index = catalog.commit(&touched);
         drop(catalog);
-        self.changes.send_replace(index);
+        self.publish(index);
         index
     }
 
@@ -395,21 +646,64 @@ impl ConsulState {
     fn deregister(&self, service_id: &str, node: Option<&str>) -> bool {
         let mut catalog = lock(&self.catalog);
         let mut removed_services = Vec::new();
-        catalog.entries.retain(|entry| {
-            let hit = entry.instance.id == service_id
-                && node.is_none_or(|node| entry.instance.node == node);
-            if hit {
-                removed_services.push(entry.instance.service.clone());
+        catalog.services.retain(|service, entries| {
+            let before = entries.len();
+            entries.retain(|entry| {
+                entry.instance.id != service_id
+                    || node.is_some_and(|node| entry.instance.node != node)
+            });
+            if entries.len() < before {
+                removed_services.push(service.clone());
             }
-            !hit
+            !entries.is_empty()
         });
         if removed_services.is_empty() {
             return false;
         }
         let index = catalog.commit(&removed_services);
         drop(catalog);
-        self.changes.send_replace(index);
+        self.publish(index);
         true
+    }
+
+    /// Applies `change` (given the index it gets) to every instance with `service_id`, as
+    /// one change; the new index, `None` if there is no such instance.
+    fn update_instances(
+        &self,
+        service_id: &str,
+        change: impl Fn(&mut CatalogEntry, u64),
+    ) -> Option<u64> {
+        let mut catalog = lock(&self.catalog);
+        let next_index = catalog.index + 1;
+        let mut touched = Vec::new();
+        for (service, entries) in &mut catalog.services {
+            for entry in entries.iter_mut().filter(|e| e.instance.id == service_id) {
+                change(entry, next_index);
+                if !touched.contains(service) {
+                    touched.push(service.clone());
+                }
+            }
+        }
+        if touched.is_empty() {
+            return None;
+        }
+        let index = catalog.commit(&touched);
+        drop(catalog);
+        self.publish(index);
+        Some(index)
+    }
+
+    /// After a change: the agent cache refreshes what it follows, then waiting queries wake.
+    fn publish(&self, index: u64) {
+        {
+            let mut cache = lock(&self.agent_cache);
+            let catalog = lock(&self.catalog);
+            cache.refresh(|query, cached_index| {
+                (catalog.index_of(&query.service) != cached_index)
+                    .then(|| self.answer(&catalog, query))
+            });
+        }
+        self.changes.send_replace(index);
     }
 
     fn record(&self, request: &Request<Incoming>) {
@@ -439,8 +733,9 @@ impl ConsulState {
                 .iter()
                 .any(|dc| dc == datacenter)
             || lock(&self.catalog)
-                .entries
-                .iter()
+                .services
+                .values()
+                .flatten()
                 .any(|entry| entry.instance.datacenter == datacenter)
     }
 
@@ -468,6 +763,7 @@ fn derive_entry(instance: Instance, create_index: u64, modify_index: u64) -> Cat
         instance,
         create_index,
         modify_index,
+        check_modify_index: create_index,
     }
 }
 
@@ -504,6 +800,7 @@ impl Handler for ConsulState {
                 Fault::None => {}
                 Fault::Delay(delay) => tokio::time::sleep(delay).await,
                 Fault::Reset => return Reply::Reset,
+                Fault::ResetMidBody => return Reply::ResetMidBody(self.route(request).await),
                 Fault::Status(code, body) => {
                     return Reply::Respond(fault::status_reply(code, body))
                 }
@@ -522,6 +819,7 @@ impl Handler for ConsulState {
 }
 
 const CATALOG_SERVICE_PREFIX: &str = "/v1/catalog/service/";
+const HEALTH_SERVICE_PREFIX: &str = "/v1/health/service/";
 const REGISTER_PATH: &str = "/v1/agent/service/register";
 const DEREGISTER_PREFIX: &str = "/v1/agent/service/deregister/";
 
@@ -563,12 +861,18 @@ impl ConsulState {
     async fn route(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = request.uri().path().to_owned();
         let method = request.method().clone();
-        if let Some(service) = path.strip_prefix(CATALOG_SERVICE_PREFIX) {
+        let read = [
+            (CATALOG_SERVICE_PREFIX, Endpoint::Catalog),
+            (HEALTH_SERVICE_PREFIX, Endpoint::Health),
+        ]
+        .into_iter()
+        .find_map(|(prefix, endpoint)| path.strip_prefix(prefix).map(|rest| (rest, endpoint)));
+        if let Some((service, endpoint)) = read {
             if method != Method::GET {
                 return method_not_allowed(&method, "GET");
             }
             return self
-                .catalog_service(&decoded_segment(service), &request)
+                .service_read(endpoint, &decoded_segment(service), &request)
                 .await;
         }
         if path == REGISTER_PATH {
@@ -601,11 +905,13 @@ impl ConsulState {
         }
     }
 
-    async fn catalog_service(
+    /// The parameters of a read, or the answer that refuses them.
+    fn parse_read(
         &self,
+        endpoint: Endpoint,
         service: &str,
         request: &Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Result<Read, Box<Response<Full<Bytes>>>> {
         let query: Vec<(String, String)> =
             form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
                 .into_owned()
@@ -619,28 +925,50 @@ impl ConsulState {
         };
         let stale = has("stale");
         let consistent = has("consistent");
+        let cached = has("cached");
         if stale && consistent {
-            return text(
+            return Err(Box::new(text(
                 StatusCode::BAD_REQUEST,
                 "Cannot specify ?stale with ?consistent, conflicting semantics.",
-            );
+            )));
         }
+        if cached && consistent {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "Cannot specify ?cached with ?consistent, conflicting semantics.",
+            )));
+        }
+        // Consul's servers take a zero wait as the default one.
         let wait = match first("wait").map(parse_go_duration) {
-            None => DEFAULT_WAIT,
+            None | Some(Some(Duration::ZERO)) => DEFAULT_WAIT,
             Some(Some(wait)) => wait.min(MAX_WAIT),
-            Some(None) => return text(StatusCode::BAD_REQUEST, "Invalid wait time"),
+            Some(None) => return Err(Box::new(text(StatusCode::BAD_REQUEST, "Invalid wait time"))),
         };
         let min_index = match first("index").map(str::parse::<u64>) {
             None => 0,
             Some(Ok(index)) => index,
-            Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "Invalid index"),
+            Some(Err(_)) => return Err(Box::new(text(StatusCode::BAD_REQUEST, "Invalid index"))),
+        };
+        let passing = match (endpoint, first("passing")) {
+            (Endpoint::Catalog, _) | (Endpoint::Health, None) => false,
+            (Endpoint::Health, Some("" | "true" | "1")) => true,
+            (Endpoint::Health, Some("false" | "0")) => false,
+            (Endpoint::Health, Some(_)) => {
+                return Err(Box::new(text(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid value for ?passing",
+                )))
+            }
         };
         let datacenter = first("dc")
             .filter(|dc| !dc.is_empty())
             .unwrap_or(&self.options.datacenter)
             .to_owned();
         if !self.reachable(&datacenter) {
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
+            return Err(Box::new(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No path to datacenter",
+            )));
         }
         let consistency = if stale {
             "stale"
@@ -656,63 +984,104 @@ impl ConsulState {
             TokenCheck::NotFound => {
                 let mut reply = text(StatusCode::FORBIDDEN, "ACL not found");
                 self.add_query_meta(&mut reply, lock(&self.catalog).index, consistency);
-                return reply;
+                return Err(Box::new(reply));
             }
         };
-        let expression = match first("filter").filter(|f| !f.is_empty()).map(filter::parse) {
+        let filter_source = first("filter").unwrap_or_default().to_owned();
+        let filter = match Some(filter_source.as_str())
+            .filter(|f| !f.is_empty())
+            .map(|f| filter::parse(f, endpoint))
+        {
             None => None,
             Some(Ok(expression)) => Some(expression),
             Some(Err(message)) => {
-                return text(
+                return Err(Box::new(text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("Failed to create boolean expression evaluator: {message}"),
-                );
+                )));
             }
         };
-        let tags: Vec<&str> = query
+        let tags = query
             .iter()
             .filter(|(key, _)| key == "tag")
-            .map(|(_, value)| value.as_str())
+            .map(|(_, value)| value.clone())
             .collect();
+        Ok(Read {
+            query: ServiceQuery {
+                endpoint,
+                service: service.to_owned(),
+                datacenter,
+                tags,
+                filter_source,
+                filter,
+                passing,
+                anonymous,
+            },
+            min_index,
+            wait,
+            consistency,
+            cached,
+        })
+    }
 
+    /// `GET /v1/catalog/service/:service` and `GET /v1/health/service/:service`, blocking
+    /// and cached or not.
+    async fn service_read(
+        &self,
+        endpoint: Endpoint,
+        service: &str,
+        request: &Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let read = match self.parse_read(endpoint, service, request) {
+            Ok(read) => read,
+            Err(refusal) => return *refusal,
+        };
+        if !read.cached && !lock(&self.agent_cache).connected() {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, NO_SERVERS);
+        }
+        let _held = (read.min_index > 0).then(|| HeldQuery::new(&self.held, request.uri().path()));
         let mut changes = self.changes.subscribe();
-        let deadline = Instant::now() + wait;
+        let restores = lock(&self.catalog).restores;
+        let deadline = Instant::now() + read.wait;
+        // A cached read is a hit or a miss by its first look at the cache.
+        let mut first_outcome = None;
         loop {
-            let (index, entries) = {
-                let catalog = lock(&self.catalog);
-                let entries: Vec<CatalogEntry> = catalog
-                    .entries
-                    .iter()
-                    .filter(|entry| {
-                        entry.instance.service == service
-                            && entry.instance.datacenter == datacenter
-                            && tags
-                                .iter()
-                                .all(|tag| entry.instance.tags.iter().any(|t| t == tag))
-                            && expression.as_ref().is_none_or(|e| e.matches(entry))
-                    })
-                    .cloned()
-                    .collect();
-                (catalog.index_of(service), entries)
-            };
-            let changed_or_not_blocking = min_index == 0 || index > min_index;
-            let timed_out = Instant::now() >= deadline;
-            if changed_or_not_blocking || timed_out {
-                let filtered_by_acls = anonymous && !entries.is_empty();
-                let body = if anonymous {
-                    Value::Array(Vec::new())
-                } else {
-                    Value::Array(entries.iter().map(|e| self.entry_json(e)).collect())
-                };
-                let mut reply = response(StatusCode::OK, "application/json", body.to_string());
-                self.add_query_meta(&mut reply, index, consistency);
-                if filtered_by_acls {
-                    reply.headers_mut().insert(
-                        "x-consul-results-filtered-by-acls",
-                        HeaderValue::from_static("true"),
-                    );
+            let cached = if read.cached {
+                match self.cached_answer(&read.query) {
+                    Some((answer, outcome)) => {
+                        let outcome = match first_outcome.get_or_insert(outcome) {
+                            CacheOutcome::Miss => CacheOutcome::Miss,
+                            CacheOutcome::Hit { .. } => outcome,
+                        };
+                        Some((answer, outcome))
+                    }
+                    None => return text(StatusCode::INTERNAL_SERVER_ERROR, NO_SERVERS),
                 }
-                return reply;
+            } else {
+                None
+            };
+            let (index, restored) = {
+                let catalog = lock(&self.catalog);
+                let index = match &cached {
+                    Some((answer, _)) => answer.index,
+                    None => catalog.index_of(&read.query.service),
+                };
+                (index, catalog.restores != restores)
+            };
+            if read.min_index == 0
+                || index > read.min_index
+                || restored
+                || Instant::now() >= deadline
+            {
+                return match cached {
+                    Some((answer, outcome)) => {
+                        self.read_reply(answer, read.consistency, Some(outcome))
+                    }
+                    None => {
+                        let answer = self.answer(&lock(&self.catalog), &read.query);
+                        self.read_reply(answer, read.consistency, None)
+                    }
+                };
             }
             tokio::select! {
                 changed = changes.changed() => {
@@ -725,6 +1094,66 @@ impl ConsulState {
         }
     }
 
+    /// The agent cache's answer to `query`; `None` for a miss it cannot fetch.
+    fn cached_answer(&self, query: &ServiceQuery) -> Option<(Answer, CacheOutcome)> {
+        lock(&self.agent_cache).get(query, || self.answer(&lock(&self.catalog), query))
+    }
+
+    fn read_reply(
+        &self,
+        answer: Answer,
+        consistency: &str,
+        cache: Option<CacheOutcome>,
+    ) -> Response<Full<Bytes>> {
+        let mut reply = response(StatusCode::OK, "application/json", answer.body);
+        self.add_query_meta(&mut reply, answer.index, consistency);
+        let headers = reply.headers_mut();
+        if answer.filtered_by_acls {
+            headers.insert(
+                "x-consul-results-filtered-by-acls",
+                HeaderValue::from_static("true"),
+            );
+        }
+        match cache {
+            None => {}
+            Some(CacheOutcome::Miss) => {
+                headers.insert("x-cache", HeaderValue::from_static("MISS"));
+            }
+            Some(CacheOutcome::Hit { age_s }) => {
+                headers.insert("x-cache", HeaderValue::from_static("HIT"));
+                headers.insert(hyper::header::AGE, HeaderValue::from(age_s));
+            }
+        }
+        reply
+    }
+
+    /// The servers' answer to `query` now.
+    fn answer(&self, catalog: &Catalog, query: &ServiceQuery) -> Answer {
+        let entries: Vec<&CatalogEntry> = catalog
+            .instances_of(&query.service)
+            .iter()
+            .filter(|entry| query.selects(entry))
+            .collect();
+        let body = if query.anonymous {
+            Value::Array(Vec::new())
+        } else {
+            Value::Array(
+                entries
+                    .iter()
+                    .map(|entry| match query.endpoint {
+                        Endpoint::Catalog => self.entry_json(entry),
+                        Endpoint::Health => self.health_json(entry),
+                    })
+                    .collect(),
+            )
+        };
+        Answer {
+            index: catalog.index_of(&query.service),
+            body: Bytes::from(body.to_string()),
+            filtered_by_acls: query.anonymous && !entries.is_empty(),
+        }
+    }
+
     fn collection(&self, value: Value, empty: bool) -> Value {
         if empty && self.options.empty_collections_as_null {
             Value::Null
@@ -733,15 +1162,19 @@ impl ConsulState {
         }
     }
 
-    fn entry_json(&self, entry: &CatalogEntry) -> Value {
-        let instance = &entry.instance;
-        let service_tagged_addresses = match instance.address.parse::<Ipv4Addr>() {
+    /// `ServiceTaggedAddresses` (catalog) and `Service.TaggedAddresses` (health).
+    fn service_tagged_addresses(instance: &Instance) -> Value {
+        match instance.address.parse::<Ipv4Addr>() {
             Ok(_) => {
                 let address = json!({"Address": instance.address, "Port": instance.port});
                 json!({"lan_ipv4": address, "wan_ipv4": address})
             }
             Err(_) => Value::Null,
-        };
+        }
+    }
+
+    fn entry_json(&self, entry: &CatalogEntry) -> Value {
+        let instance = &entry.instance;
         let mut object = Map::new();
         let mut put = |key: &str, value: Value| {
             object.insert(key.to_owned(), value);
@@ -760,7 +1193,10 @@ impl ConsulState {
             self.collection(json!(instance.tags), instance.tags.is_empty()),
         );
         put("ServiceAddress", json!(instance.address));
-        put("ServiceTaggedAddresses", service_tagged_addresses);
+        put(
+            "ServiceTaggedAddresses",
+            Self::service_tagged_addresses(instance),
+        );
         put("ServiceWeights", json!({"Passing": 1, "Warning": 1}));
         put(
             "ServiceMeta",
@@ -777,6 +1213,85 @@ impl ConsulState {
         put("CreateIndex", json!(entry.create_index));
         put("ModifyIndex", json!(entry.modify_index));
         Value::Object(object)
+    }
+
+    /// One entry of "List Service Instances for Service": the node, the service instance
+    /// and the checks of both (the node's `serfHealth`, the instance's service check).
+    fn health_json(&self, entry: &CatalogEntry) -> Value {
+        let instance = &entry.instance;
+        let tags = self.collection(json!(instance.tags), instance.tags.is_empty());
+        let node = json!({
+            "ID": entry.node_id,
+            "Node": instance.node,
+            "Address": instance.node_address,
+            "Datacenter": instance.datacenter,
+            "TaggedAddresses": entry.tagged_addresses,
+            "Meta": entry.node_meta,
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.modify_index,
+        });
+        let service = json!({
+            "Kind": "",
+            "ID": instance.id,
+            "Service": instance.service,
+            "Tags": tags,
+            "Address": instance.address,
+            "TaggedAddresses": Self::service_tagged_addresses(instance),
+            "Meta": self.collection(json!(instance.meta), instance.meta.is_empty()),
+            "Port": instance.port,
+            "SocketPath": "",
+            "Weights": {"Passing": 1, "Warning": 1},
+            "EnableTagOverride": false,
+            "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}},
+            "Connect": {},
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.modify_index,
+        });
+        let serf_health = json!({
+            "Node": instance.node,
+            "CheckID": "serfHealth",
+            "Name": "Serf Health Status",
+            "Status": "passing",
+            "Notes": "",
+            "Output": "Agent alive and reachable",
+            "ServiceID": "",
+            "ServiceName": "",
+            "ServiceTags": [],
+            "Type": "",
+            "Interval": "",
+            "Timeout": "",
+            "ExposedPort": 0,
+            "Definition": {},
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.create_index,
+        });
+        let (check_type, interval, definition) = match &instance.check {
+            Some(check) => (
+                "http",
+                format_go_duration(check.interval),
+                json!({"HTTP": check.http, "Interval": format_go_duration(check.interval)}),
+            ),
+            None => ("ttl", String::new(), json!({})),
+        };
+        let service_check = json!({
+            "Node": instance.node,
+            "CheckID": format!("service:{}", instance.id),
+            "Name": format!("Service '{}' check", instance.service),
+            "Status": instance.check_status.as_str(),
+            "Notes": "",
+            "Output": "",
+            "ServiceID": instance.id,
+            "ServiceName": instance.service,
+            "ServiceTags": tags,
+            "Type": check_type,
+            "Interval": interval,
+            "Timeout": "",
+            "ExposedPort": 0,
+            "Definition": definition,
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.check_modify_index,
+        });
+        json!({"Node": node, "Service": service, "Checks": [serf_health, service_check]})
     }
 
     fn oversized(&self, path: &str, size: usize) -> Response<Full<Bytes>> {
@@ -852,8 +1367,9 @@ impl ConsulState {
                 .collect();
         let token = request_token(request, &query);
         let service = lock(&self.catalog)
-            .entries
-            .iter()
+            .services
+            .values()
+            .flatten()
             .find(|e| e.instance.id == service_id && e.instance.node == self.options.node)
             .map(|e| e.instance.service.clone());
         let Some(service) = service else {
@@ -901,9 +1417,9 @@ impl ConsulState {
         };
         let meta = string_map(&object, "Meta")?;
         validate_meta(&meta)?;
-        let check = match field(&object, "Check") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(check)) => parse_check(check)?,
+        let (check, check_status) = match field(&object, "Check") {
+            None | Some(Value::Null) => (None, CheckStatus::Passing),
+            Some(Value::Object(check)) => (parse_check(check)?, parse_check_status(check)?),
             Some(_) => return Err("Request decode failed: Check must be an object".to_owned()),
         };
         let mut instance = Instance::new(name, id)
@@ -914,6 +1430,7 @@ impl ConsulState {
         instance.tags = tags;
         instance.meta = meta;
         instance.check = check;
+        instance.check_status = check_status;
         Ok(instance)
     }
 }
@@ -1013,6 +1530,44 @@ fn parse_check(check: &Map<String, Value>) -> Result<Option<HttpCheck>, String> 
     }))
 }
 
+/// A check's initial `Status`; the stand-in takes an absent one as passing (it runs no
+/// checks, so none would ever leave Consul's initial `critical`).
+fn parse_check_status(check: &Map<String, Value>) -> Result<CheckStatus, String> {
+    match string_field(check, "Status")?.as_deref() {
+        None | Some("") => Ok(CheckStatus::Passing),
+        Some(status) => CheckStatus::parse(status).ok_or_else(|| {
+            format!("Invalid check: Status must be passing, warning or critical, got {status:?}")
+        }),
+    }
+}
+
+/// Formats a duration as Go's `time.Duration.String` does for whole milliseconds:
+/// `10s`, `1m30s`, `1h0m0s`, `250ms`, `0s`.
+fn format_go_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".to_owned();
+    }
+    if millis < 1000 {
+        return format!("{millis}ms");
+    }
+    let seconds = duration.as_secs();
+    let fraction = duration.subsec_millis();
+    let seconds_text = if fraction == 0 {
+        format!("{}s", seconds % 60)
+    } else {
+        format!("{}.{:03}", seconds % 60, fraction)
+            .trim_end_matches('0')
+            .to_owned()
+            + "s"
+    };
+    match (seconds / 3600, seconds % 3600 / 60) {
+        (0, 0) => seconds_text,
+        (0, minutes) => format!("{minutes}m{seconds_text}"),
+        (hours, minutes) => format!("{hours}h{minutes}m{seconds_text}"),
+    }
+}
+
 /// Parses Go's `time.ParseDuration` syntax: `300ms`, `1.5h`, `2h45m`, `10s`; `0` alone.
 pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
     if text == "0" {
@@ -1062,6 +1617,16 @@ mod tests {
         assert_eq!(parse_go_duration("10"), None);
         assert_eq!(parse_go_duration("ten seconds"), None);
         assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn go_duration_text() {
+        assert_eq!(format_go_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(format_go_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_go_duration(Duration::ZERO), "0s");
     }
 
     #[test]

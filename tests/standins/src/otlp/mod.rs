@@ -324,6 +324,9 @@ impl Handler for OtlpState {
                             self.export(request, origin.clone()).await
                         }
                         Fault::Reset => return Reply::Reset,
+                        Fault::ResetMidBody => {
+                            return Reply::ResetMidBody(self.export(request, origin.clone()).await)
+                        }
                         Fault::Status(code, body) => fault::status_reply(code, body),
                         Fault::InvalidJson => response(StatusCode::OK, "application/json", "{\""),
                         Fault::Oversized(size) => oversized_success(size),

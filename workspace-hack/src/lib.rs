@@ -1,0 +1,1 @@
+// No code: the package exists for its dependencies (Cargo.toml).
