@@ -146,11 +146,10 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for ConfigMembers<A> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.map.next_value_seed(seed).map_err(|error| {
+        self.map.next_value_seed(seed).inspect_err(|_| {
             if let Some(key) = self.seen.last() {
                 note(PathSegment::Key(key.clone()));
             }
-            error
         })
     }
 }
@@ -239,8 +238,7 @@ mod tests {
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Inner {
-        #[serde(rename = "n")]
-        _n: u8,
+        n: u8,
     }
 
     /// The error path of reading `json` as an `Outer` configuration.
@@ -279,6 +277,16 @@ mod tests {
         // Without the check, derive's own error names the field but not as a key path.
         let e = read(r#"{"a":1,"b":2,"a":3}"#, false).unwrap_err();
         assert!(e.starts_with("duplicate field `a`"), "{e}");
+    }
+
+    #[test]
+    fn configuration_objects_and_lists_are_read() {
+        let mut de = serde_json::Deserializer::from_str(r#"{"inner":{"n":7},"list":["a","b"]}"#);
+        let outer = from_config_object::<_, Outer>(&mut de).unwrap();
+        assert_eq!(
+            (outer.inner.n, outer.list),
+            (7, vec!["a".to_string(), "b".into()])
+        );
     }
 
     #[test]
