@@ -42,6 +42,7 @@ fn assert_clean_attributes(attrs: &Attributes) {
         match value {
             AttrValue::Str(s) => assert_eq!(written, s),
             AttrValue::Int(n) => assert_eq!(written, n),
+            AttrValue::List(items) => assert_eq!(written, &serde_json::json!(items)),
         }
     }
 }
