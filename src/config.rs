@@ -2,15 +2,17 @@
 //!
 //! The structs below are the schema. serde reads them: every struct refuses unknown keys and
 //! takes its `Default` for absent ones (the README's table), and is read from an object only,
-//! with no key twice ([`crate::object`]). `serde_path_to_error` names the key an error is
-//! about by its dotted path, so the host's log says what to fix; what types cannot say
-//! (ranges, formats, rules across keys) is checked by one `validate` step after.
+//! with no key twice, and an error names its key by its dotted path, so the host's log says
+//! what to fix ([`crate::object`]). What types cannot say (ranges, formats, rules across
+//! keys) is checked by one `validate` step after.
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::header_value::is_token;
-use crate::object::from_object_with_unique_keys as object;
+use crate::object::{
+    clear_error_path, config_strings, from_config_object as object, take_error_path,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +51,7 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(deserialize_with = "object")]
     pub headers: HeadersConfig,
+    #[serde(deserialize_with = "config_strings")]
     pub meta_keys: Vec<String>,
     #[serde(deserialize_with = "object")]
     pub baggage: BaggageConfig,
@@ -132,6 +135,7 @@ pub struct HeadersConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BaggageConfig {
     pub enabled: bool,
+    #[serde(deserialize_with = "config_strings")]
     pub read_keys: Vec<String>,
 }
 
@@ -284,13 +288,10 @@ impl Config {
             return Ok(Config::default());
         }
         let mut json = serde_json::Deserializer::from_slice(bytes);
-        let mut track = serde_path_to_error::Track::new();
-        let parsed = object::<_, Config>(serde_path_to_error::Deserializer::new(
-            &mut json, &mut track,
-        ))
-        .and_then(|config| json.end().map(|()| config));
+        clear_error_path();
+        let parsed = object::<_, Config>(&mut json).and_then(|config| json.end().map(|()| config));
         let config = parsed.map_err(|error| ConfigError {
-            key: dotted_path(&track.path()),
+            key: take_error_path(),
             reason: reason(&error),
         })?;
         config.validate()?;
@@ -464,15 +465,6 @@ impl Config {
         key.push(':');
         key.push_str(service);
         key
-    }
-}
-
-/// The key an error is about, `consul.timeout_ms` or `meta_keys[1]`; empty for the document.
-fn dotted_path(path: &serde_path_to_error::Path) -> String {
-    if path.iter().next().is_none() {
-        String::new()
-    } else {
-        path.to_string()
     }
 }
 
@@ -711,7 +703,7 @@ mod tests {
             (
                 r#"{"meta_keys":"version"}"#,
                 "meta_keys",
-                "invalid type: string \"version\", expected a sequence",
+                "invalid type: string \"version\", expected an array of strings",
             ),
             (
                 r#"{"meta_keys":["a",3]}"#,

@@ -8,7 +8,6 @@
 //! (`/v1/health/service/<name>`) reads into the same [`Instance`].
 
 use core::fmt;
-use core::marker::PhantomData;
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
@@ -433,7 +432,8 @@ pub fn parse_catalog(
     body_size: usize,
     config: &ConsulConfig,
 ) -> Result<Catalog, CatalogError> {
-    parse_answer::<CatalogEntry>(
+    parse_answer(
+        read_entry::<CatalogEntry>,
         status,
         dispatch_failed,
         consul_index,
@@ -454,7 +454,8 @@ pub fn parse_health(
     body_size: usize,
     config: &ConsulConfig,
 ) -> Result<Catalog, CatalogError> {
-    parse_answer::<HealthEntry>(
+    parse_answer(
+        read_entry::<HealthEntry>,
         status,
         dispatch_failed,
         consul_index,
@@ -464,7 +465,18 @@ pub fn parse_health(
     )
 }
 
-fn parse_answer<E: DeserializeOwned + Into<Instance>>(
+/// Reads one entry of an answer, in the shape `E`, from an object.
+fn read_entry<E: DeserializeOwned + Into<Instance>>(raw: &[u8]) -> Option<Instance> {
+    // From bytes, as the whole answer is read: one reader type, so serde_json's reader is
+    // compiled once into the `.wasm`.
+    let mut entry = serde_json::Deserializer::from_slice(raw);
+    from_object::<_, E>(&mut entry).ok().map(Into::into)
+}
+
+/// What the two endpoints share: the status, the size bound, the entries one by one.
+/// `read_entry` is a function, not a type parameter, so this exists once in the `.wasm`.
+fn parse_answer(
+    read_entry: fn(&[u8]) -> Option<Instance>,
     status: Option<&str>,
     dispatch_failed: bool,
     consul_index: Option<&str>,
@@ -488,9 +500,9 @@ fn parse_answer<E: DeserializeOwned + Into<Instance>>(
         return Err(CatalogError::TooLarge);
     }
     let mut json = serde_json::Deserializer::from_slice(body);
-    let entries = Entries::<E> {
+    let entries = Entries {
         max: config.max_instances as usize,
-        entry: PhantomData,
+        read_entry,
     };
     let (instances, invalid, dropped) = entries
         .deserialize(&mut json)
@@ -514,12 +526,12 @@ fn parse_answer<E: DeserializeOwned + Into<Instance>>(
 /// The answer's array, read one entry at a time: each entry is first taken whole as raw
 /// JSON (checked, not decoded), then decoded on its own from an object, so a bad entry is
 /// counted and skipped without losing the others. Entries past `max` are only checked.
-struct Entries<E> {
+struct Entries {
     max: usize,
-    entry: PhantomData<E>,
+    read_entry: fn(&[u8]) -> Option<Instance>,
 }
 
-impl<'de, E: DeserializeOwned + Into<Instance>> DeserializeSeed<'de> for Entries<E> {
+impl<'de> DeserializeSeed<'de> for Entries {
     /// The instances, the entries skipped as invalid, the entries dropped past `max`.
     type Value = (Vec<Instance>, usize, usize);
 
@@ -528,7 +540,7 @@ impl<'de, E: DeserializeOwned + Into<Instance>> DeserializeSeed<'de> for Entries
     }
 }
 
-impl<'de, E: DeserializeOwned + Into<Instance>> Visitor<'de> for Entries<E> {
+impl<'de> Visitor<'de> for Entries {
     type Value = (Vec<Instance>, usize, usize);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -542,12 +554,9 @@ impl<'de, E: DeserializeOwned + Into<Instance>> Visitor<'de> for Entries<E> {
                 dropped += 1;
                 continue;
             }
-            // From bytes, as the whole answer is read: one reader type, so the entry
-            // decoding is compiled once into the `.wasm`.
-            let mut entry = serde_json::Deserializer::from_slice(raw.get().as_bytes());
-            match from_object::<_, E>(&mut entry) {
-                Ok(entry) => instances.push(entry.into()),
-                Err(_) => invalid += 1,
+            match (self.read_entry)(raw.get().as_bytes()) {
+                Some(instance) => instances.push(instance),
+                None => invalid += 1,
             }
         }
         Ok((instances, invalid, dropped))
