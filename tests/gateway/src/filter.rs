@@ -196,7 +196,7 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
         }
     }
     print_logs(&host, logs_printed, level);
-    print_metrics(&host);
+    print_report(&host);
 }
 
 /// Answers a waiter whose request reached a state the proxy can act on; gives it back
@@ -247,12 +247,26 @@ fn print_logs(host: &Host, printed: usize, level: LogLevel) -> usize {
     logs.len()
 }
 
-fn print_metrics(host: &Host) {
+/// The filter's metrics, each worker's wasm linear memory and the shared data the workers
+/// hold, one `name = value` line each.
+fn print_report(host: &Host) {
     let mut names = host.metric_names();
     names.sort();
     for name in names {
         eprintln!("metric {name} = {}", host.metric(&name).unwrap_or_default());
     }
+    for worker in 0..host.worker_count() {
+        if let Some(bytes) = host.memory_bytes(worker) {
+            eprintln!("wasm_memory_bytes worker {worker} = {bytes}");
+        }
+    }
+    let keys = host.shared_data_keys();
+    let bytes: usize = keys
+        .iter()
+        .map(|key| key.len() + host.shared_data(key).map_or(0, |entry| entry.value.len()))
+        .sum();
+    eprintln!("shared_data keys = {}", keys.len());
+    eprintln!("shared_data bytes = {bytes}");
     for trap in host.traps() {
         eprintln!("trap: {trap}");
     }
