@@ -14,7 +14,7 @@
 //!   Besides the load, every gateway is probed for the changed service every 20 ms.
 //! - Wasm memory per worker and shared-data bytes per gateway, from the gateways' exit
 //!   reports, for the fleet's services and for a larger catalog (one gateway, every service
-//!   requested once per worker).
+//!   requested as many times as it has workers).
 //!
 //! Watch mode is the filter's `"consul": {"watch": true, "wait_s": .., "min_watch_interval_ms":
 //! ..}`; a filter that refuses those keys logs "invalid configuration" and passes requests
@@ -391,7 +391,8 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
     }))
 }
 
-/// One gateway after every one of `services` services was requested once per worker.
+/// One gateway after each of `services` services was requested as many times as it has
+/// workers.
 fn scale_run(
     env: &Environment,
     settings: &Settings,
@@ -579,8 +580,9 @@ fn main() -> Result<()> {
     }
 
     println!(
-        "\nLarger catalog: one gateway x {} workers, every service requested once per worker:",
-        settings.workers
+        "\nLarger catalog: one gateway x {} workers, every service requested {} times (the \
+         gateway deals requests to its workers in turn):",
+        settings.workers, settings.workers
     );
     for mode in [Mode::Poll, Mode::Watch] {
         match scale_run(&env, &settings, mode, settings.scale_services)
