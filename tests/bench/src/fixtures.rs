@@ -98,9 +98,12 @@ pub fn register(consul: &ConsulStandin, service: &str, instances: usize) {
     }
 }
 
-/// A browser request through the gateway to `<service>.service.consul`.
+/// A browser request through the gateway to `<service>.service.consul`, Kong's upstream
+/// host for the route (Kong's `:authority` is its server block's, not the service).
 pub fn traced_request(service: &str) -> RequestSpec {
-    RequestSpec::get(&format!("{service}.service.consul"), "/echo")
+    let host = format!("{service}.service.consul");
+    RequestSpec::get(&host, "/echo")
+        .property("ngx.upstream_host", &host)
         .header("traceparent", TRACEPARENT)
         .header("baggage", BAGGAGE)
         .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")
