@@ -203,6 +203,62 @@ impl SteadyLoad {
     }
 }
 
+/// Requests of one service through each gateway, the first through gateway `g` at
+/// `first_at[g]`, then every `every`, until stopped.
+pub struct Revisits {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub counts: Arc<Counts>,
+}
+
+impl Revisits {
+    pub fn start(
+        gateways: &[String],
+        service: &str,
+        first_at: &[Instant],
+        every: Duration,
+    ) -> Revisits {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Counts::default());
+        let threads = gateways
+            .iter()
+            .zip(first_at)
+            .enumerate()
+            .map(|(gateway, (addr, first))| {
+                let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
+                let (addr, service, mut due) = (addr.clone(), service.to_string(), *first);
+                std::thread::spawn(move || {
+                    let mut client = Client::new(&addr, gateway);
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = Instant::now();
+                        if now < due {
+                            // Short naps, so a stop is seen soon.
+                            std::thread::sleep((due - now).min(Duration::from_millis(50)));
+                            continue;
+                        }
+                        counts.count(&client.get(&service));
+                        due += every;
+                    }
+                })
+            })
+            .collect();
+        Revisits {
+            stop,
+            threads,
+            counts,
+        }
+    }
+
+    pub fn stop(self) -> Arc<Counts> {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            // A panicking thread has printed its message; its counts stand.
+            let _ = thread.join();
+        }
+        self.counts
+    }
+}
+
 /// Requests `service` through every gateway every `interval` until `done(gateway)` or
 /// `deadline`.
 pub fn probe_until(

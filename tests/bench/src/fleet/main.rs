@@ -11,7 +11,11 @@
 //!   every service in every gateway's cache).
 //! - Change propagation: from the change to the first request through each gateway whose
 //!   upstream saw the new version in `x-consul-meta-version`, p50/p99 over the gateways.
-//!   Besides the load, every gateway is probed for the changed service every 20 ms.
+//!   Besides the load, every gateway is probed for the changed service every 20 ms from the
+//!   change on. The changed service stays out of the first pass: gateway `g` of `G` first
+//!   asks for it `g/G` of one TTL (at most half the run) into the load, and then as often as
+//!   the load visits each service, so the gateways' refreshes of it fall at spread phases as
+//!   in a fleet that has run for a while (a common first pass would align them all).
 //! - Wasm memory per worker and shared-data bytes per gateway, from the gateways' exit
 //!   reports, for the fleet's services and for a larger catalog (one gateway, every service
 //!   requested as many times as it has workers).
@@ -303,7 +307,16 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
         },
     )?;
     let addrs = fleet.addrs();
-    let services: Arc<Vec<String>> = Arc::new((0..settings.services).map(service_name).collect());
+    // The second instance of a service in the middle (the only one if there is one).
+    let changed = settings.services / 2;
+    let changed_service = service_name(changed);
+    let changed_instance = format!("{changed_service}-{}", settings.instances.min(2) - 1);
+    let services: Arc<Vec<String>> = Arc::new(
+        (0..settings.services)
+            .filter(|n| *n != changed)
+            .map(service_name)
+            .collect(),
+    );
 
     let warmup = Counts::default();
     load::every_service_once(&addrs, &services, CONNECTIONS_PER_GATEWAY, &warmup);
@@ -318,9 +331,6 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
         return Ok(Outcome::Refused(refusal));
     }
 
-    // The second instance of a service in the middle (the only one if there is one).
-    let changed_service = service_name(settings.services / 2);
-    let changed_instance = format!("{changed_service}-{}", settings.instances.min(2) - 1);
     let window = Duration::from_secs(settings.seconds);
     let reads_before = consul_reads(&consul);
     let fetches_before = consul.agent_cache_fetches();
@@ -331,6 +341,14 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
         CONNECTIONS_PER_GATEWAY,
         settings.rate,
     );
+    let stagger = Duration::from_secs(settings.ttl_s).min(window / 2) / settings.gateways as u32;
+    let first_at: Vec<Instant> = (0..settings.gateways)
+        .map(|g| started + stagger * g as u32)
+        .collect();
+    let revisit = Duration::from_secs_f64(
+        (settings.services * settings.gateways) as f64 / f64::from(settings.rate),
+    );
+    let revisits = load::Revisits::start(&addrs, &changed_service, &first_at, revisit);
     std::thread::sleep(window / 2);
     let changed_at = Instant::now();
     consul
@@ -345,7 +363,7 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             .is_some()
     };
     // The probes may outlast the load; the load and the Consul count end with the window.
-    let (steady, consul_requests, cache_fetches, held_at_end, elapsed) =
+    let (requests, failed, consul_requests, cache_fetches, held_at_end, elapsed) =
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 load::probe_until(
@@ -361,8 +379,10 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             let held_at_end = consul.held_queries("/v1/");
             let elapsed = started.elapsed();
             let steady = steady.stop();
+            let revisits = revisits.stop();
             (
-                steady,
+                steady.ok() + revisits.ok(),
+                steady.failed() + revisits.failed(),
                 consul_reads(&consul) - reads_before,
                 consul.agent_cache_fetches() - fetches_before,
                 held_at_end,
@@ -378,8 +398,8 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
         .collect();
     let reports = fleet.stop()?;
     Ok(Outcome::Measured(FleetRun {
-        requests: steady.ok(),
-        failed: steady.failed() + probes.failed(),
+        requests,
+        failed: failed + probes.failed(),
         probes: probes.ok(),
         window: elapsed,
         consul_requests,
