@@ -141,6 +141,36 @@ pub fn every_service_once(
     });
 }
 
+/// Every service once through each gateway, paced evenly over `spread`; gateway `g` of `G`
+/// starts `g/G` of the way into the list, so each service's first request (and with it the
+/// phase of its refreshes) falls at a different time in each gateway.
+pub fn spread_pass(
+    gateways: &[String],
+    services: &[String],
+    connections: usize,
+    spread: Duration,
+    counts: &Counts,
+) {
+    let started = Instant::now();
+    let step = spread.div_f64(services.len().max(1) as f64);
+    std::thread::scope(|scope| {
+        for (gateway, addr) in gateways.iter().enumerate() {
+            let rotation = gateway * services.len() / gateways.len();
+            for connection in 0..connections {
+                scope.spawn(move || {
+                    let mut client = Client::new(addr, gateway);
+                    for position in (connection..services.len()).step_by(connections) {
+                        let due = started + step.mul_f64(position as f64);
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        let service = &services[(position + rotation) % services.len()];
+                        counts.count(&client.get(service));
+                    }
+                });
+            }
+        }
+    });
+}
+
 /// A steady load: `rate` requests per second over all gateways, `connections` per gateway,
 /// each gateway going through the services in turn, until `stop` is set.
 pub struct SteadyLoad {
@@ -197,62 +227,6 @@ impl SteadyLoad {
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads {
             // A panicking load thread has printed its message; its counts stand.
-            let _ = thread.join();
-        }
-        self.counts
-    }
-}
-
-/// Requests of one service through each gateway, the first through gateway `g` at
-/// `first_at[g]`, then every `every`, until stopped.
-pub struct Revisits {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    pub counts: Arc<Counts>,
-}
-
-impl Revisits {
-    pub fn start(
-        gateways: &[String],
-        service: &str,
-        first_at: &[Instant],
-        every: Duration,
-    ) -> Revisits {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Counts::default());
-        let threads = gateways
-            .iter()
-            .zip(first_at)
-            .enumerate()
-            .map(|(gateway, (addr, first))| {
-                let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
-                let (addr, service, mut due) = (addr.clone(), service.to_string(), *first);
-                std::thread::spawn(move || {
-                    let mut client = Client::new(&addr, gateway);
-                    while !stop.load(Ordering::Relaxed) {
-                        let now = Instant::now();
-                        if now < due {
-                            // Short naps, so a stop is seen soon.
-                            std::thread::sleep((due - now).min(Duration::from_millis(50)));
-                            continue;
-                        }
-                        counts.count(&client.get(&service));
-                        due += every;
-                    }
-                })
-            })
-            .collect();
-        Revisits {
-            stop,
-            threads,
-            counts,
-        }
-    }
-
-    pub fn stop(self) -> Arc<Counts> {
-        self.stop.store(true, Ordering::SeqCst);
-        for thread in self.threads {
-            // A panicking thread has printed its message; its counts stand.
             let _ = thread.join();
         }
         self.counts

@@ -12,10 +12,13 @@
 //! - Change propagation: from the change to the first request through each gateway whose
 //!   upstream saw the new version in `x-consul-meta-version`, p50/p99 over the gateways.
 //!   Besides the load, every gateway is probed for the changed service every 20 ms from the
-//!   change on. The changed service stays out of the first pass: gateway `g` of `G` first
-//!   asks for it `g/G` of one TTL (at most half the run) into the load, and then as often as
-//!   the load visits each service, so the gateways' refreshes of it fall at spread phases as
-//!   in a fleet that has run for a while (a common first pass would align them all).
+//!   change on.
+//!
+//! Before the load, a first pass requests every service once through each gateway, spread
+//! over one refresh period (the TTL in poll mode, the longer of TTL and `wait` in watch
+//! mode), each gateway starting elsewhere in the list: refreshes then fall at spread phases,
+//! across services and across gateways, as in a fleet that has run for a while, and the
+//! load sees the steady state (a quick first pass would align them all).
 //! - Wasm memory per worker and shared-data bytes per gateway, from the gateways' exit
 //!   reports, for the fleet's services and for a larger catalog (one gateway, every service
 //!   requested as many times as it has workers).
@@ -308,18 +311,22 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
     )?;
     let addrs = fleet.addrs();
     // The second instance of a service in the middle (the only one if there is one).
-    let changed = settings.services / 2;
-    let changed_service = service_name(changed);
+    let changed_service = service_name(settings.services / 2);
     let changed_instance = format!("{changed_service}-{}", settings.instances.min(2) - 1);
-    let services: Arc<Vec<String>> = Arc::new(
-        (0..settings.services)
-            .filter(|n| *n != changed)
-            .map(service_name)
-            .collect(),
-    );
+    let services: Arc<Vec<String>> = Arc::new((0..settings.services).map(service_name).collect());
 
+    let refresh_period = Duration::from_secs(match mode {
+        Mode::Poll => settings.ttl_s,
+        Mode::Watch => settings.ttl_s.max(settings.wait_s),
+    });
     let warmup = Counts::default();
-    load::every_service_once(&addrs, &services, CONNECTIONS_PER_GATEWAY, &warmup);
+    load::spread_pass(
+        &addrs,
+        &services,
+        CONNECTIONS_PER_GATEWAY,
+        refresh_period,
+        &warmup,
+    );
     if warmup.failed() > 0 {
         bail!(
             "{} of {} first requests failed",
@@ -341,14 +348,6 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
         CONNECTIONS_PER_GATEWAY,
         settings.rate,
     );
-    let stagger = Duration::from_secs(settings.ttl_s).min(window / 2) / settings.gateways as u32;
-    let first_at: Vec<Instant> = (0..settings.gateways)
-        .map(|g| started + stagger * g as u32)
-        .collect();
-    let revisit = Duration::from_secs_f64(
-        (settings.services * settings.gateways) as f64 / f64::from(settings.rate),
-    );
-    let revisits = load::Revisits::start(&addrs, &changed_service, &first_at, revisit);
     std::thread::sleep(window / 2);
     let changed_at = Instant::now();
     consul
@@ -379,10 +378,9 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             let held_at_end = consul.held_queries("/v1/");
             let elapsed = started.elapsed();
             let steady = steady.stop();
-            let revisits = revisits.stop();
             (
-                steady.ok() + revisits.ok(),
-                steady.failed() + revisits.failed(),
+                steady.ok(),
+                steady.failed(),
                 consul_reads(&consul) - reads_before,
                 consul.agent_cache_fetches() - fetches_before,
                 held_at_end,
