@@ -242,6 +242,19 @@ impl Fleet {
         self.gateways.iter().find_map(Gateway::refusal)
     }
 
+    /// The filter's refusal of its configuration, which it logs while loading: the
+    /// gateways pass its log lines on within a fraction of a second.
+    fn refusal_at_start(&self) -> Option<String> {
+        let give_up = Instant::now() + Duration::from_secs(1);
+        loop {
+            let refusal = self.refusal();
+            if refusal.is_some() || Instant::now() >= give_up {
+                return refusal;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Refused configuration, or requests that were not enriched through some gateway.
     fn check_enriched(&self, recorder: &Recorder) -> Result<Option<String>> {
         // The filter's log lines reach the gateway's stderr a moment after they are written.
@@ -309,6 +322,9 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             upstream: &upstream,
         },
     )?;
+    if let Some(refusal) = fleet.refusal_at_start() {
+        return Ok(Outcome::Refused(refusal));
+    }
     let addrs = fleet.addrs();
     // The second instance of a service in the middle (the only one if there is one).
     let changed_service = service_name(settings.services / 2);
@@ -431,6 +447,9 @@ fn scale_run(
             upstream: &upstream,
         },
     )?;
+    if let Some(refusal) = fleet.refusal_at_start() {
+        return Ok(Outcome::Refused(refusal));
+    }
     let names: Vec<String> = (0..services).map(service_name).collect();
     let counts = Counts::default();
     // The gateway hands requests to its workers in turn.
