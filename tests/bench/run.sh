@@ -2,7 +2,9 @@
 # `make bench`: builds the filters, runs the criterion micro-benchmarks of the parsers and
 # the enrichment step, then the host-level figures (bench-host): per-request cost, wrk
 # throughput through the gateway, Consul load, memory and size, each beside the baseline
-# filter measured in the same run. Ends with the machine-readable `key value` lines.
+# filter measured in the same run; then the fleet figures (bench-fleet): gateway processes
+# against one Consul with 1,000 services, poll mode against watch mode. Each part ends with
+# its machine-readable `key value` lines.
 #
 # `tests/bench/run.sh --quick` does all of it briefly (tests/bench/smoke.sh uses it), on the
 # dev profile the other tests already built: its figures only show that everything runs.
@@ -30,14 +32,16 @@ export CONSUL_ENRICHER_WASM="$PWD/dist/consul_enricher.wasm"
 export BASELINE_FILTER_WASM="$target_dir/bench/baseline_filter.wasm"
 
 if [ "$quick" = 1 ]; then profile=dev; else profile=host; fi
-# bench-host runs the gateway binary from its own directory.
+# bench-host and bench-fleet run the gateway binary from their own directory.
 cargo build --profile "$profile" -p consul-enricher-gateway --bin gateway
 
 if [ "$quick" = 1 ]; then
   # Each micro-benchmark runs once, as a test.
   cargo test --profile "$profile" -p consul-enricher-bench --benches
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host -- --quick
+  cargo run --profile "$profile" -p consul-enricher-bench --bin bench-fleet -- --quick
 else
   cargo bench --profile "$profile" -p consul-enricher-bench --bench filter_logic
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host
+  cargo run --profile "$profile" -p consul-enricher-bench --bin bench-fleet
 fi

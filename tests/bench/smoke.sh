@@ -9,9 +9,17 @@ out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 tests/bench/run.sh --quick | tee "$out"
 for key in ratio.hot_path_vs_baseline ratio.rps_vs_baseline consul.calls_per_cold_burst \
-  consul.calls_per_100k wasm.size_bytes; do
+  consul.calls_per_100k wasm.size_bytes consul.requests_per_service_minute.poll; do
   if ! grep -Eq "^$key [0-9]+(\.[0-9]+)?$" "$out"; then
     echo "bench smoke: the line \`$key <number>\` is missing" >&2
+    exit 1
+  fi
+done
+# Watch mode's figures are `n/a` while the filter refuses its configuration keys.
+for key in consul.requests_per_service_minute.watch consul.change_visible_p50_ms \
+  consul.change_visible_p99_ms; do
+  if ! grep -Eq "^$key ([0-9]+(\.[0-9]+)?|n/a)$" "$out"; then
+    echo "bench smoke: the line \`$key <number or n/a>\` is missing" >&2
     exit 1
   fi
 done

@@ -196,7 +196,7 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
         }
     }
     print_logs(&host, logs_printed, level);
-    print_metrics(&mut host);
+    print_report(&mut host);
 }
 
 /// Answers a waiter whose request reached a state the proxy can act on; gives it back
@@ -247,9 +247,10 @@ fn print_logs(host: &Host, printed: usize, level: LogLevel) -> usize {
     logs.len()
 }
 
-/// The filter's counters, after a last tick on every worker (the filter hands its counts to
-/// the host on the tick).
-fn print_metrics(host: &mut Host) {
+/// The filter's metrics (after a last tick on every worker: the filter hands its counts to
+/// the host on the tick), each worker's wasm linear memory and the shared data the workers
+/// hold, one `name = value` line each.
+fn print_report(host: &mut Host) {
     if let Err(error) = host.tick_all() {
         eprintln!("gateway: last tick: {error}");
     }
@@ -258,6 +259,18 @@ fn print_metrics(host: &mut Host) {
     for name in names {
         eprintln!("metric {name} = {}", host.metric(&name).unwrap_or_default());
     }
+    for worker in 0..host.worker_count() {
+        if let Some(bytes) = host.memory_bytes(worker) {
+            eprintln!("wasm_memory_bytes worker {worker} = {bytes}");
+        }
+    }
+    let keys = host.shared_data_keys();
+    let bytes: usize = keys
+        .iter()
+        .map(|key| key.len() + host.shared_data(key).map_or(0, |entry| entry.value.len()))
+        .sum();
+    eprintln!("shared_data keys = {}", keys.len());
+    eprintln!("shared_data bytes = {bytes}");
     for trap in host.traps() {
         eprintln!("trap: {trap}");
     }

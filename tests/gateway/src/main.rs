@@ -2,7 +2,8 @@
 //! wasmtime test host on every request, behaving like Kong (ngx_wasm_module) or Envoy, so
 //! the whole demo path (browser, gateway with the filter, Consul, backends, collector) runs
 //! without either gateway. Prints its base URL as the first line of stdout; stops on
-//! SIGTERM or SIGINT and then prints the filter's metrics to stderr.
+//! SIGTERM or SIGINT and then prints the filter's metrics, each worker's wasm memory and the
+//! shared data's size to stderr.
 //!
 //! Usage: see `options::USAGE` (`gateway --help`).
 

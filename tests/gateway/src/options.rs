@@ -9,6 +9,7 @@ use test_host::{Flavour, LogLevel};
 
 pub const USAGE: &str = "\
 usage: gateway --consul URL [options]
+       gateway --upstream ADDR [options]
 
   --wasm PATH             the filter (default dist/consul_enricher.wasm)
   --flavour kong|envoy    which gateway to behave like (default kong)
@@ -16,7 +17,11 @@ usage: gateway --consul URL [options]
   --config PATH           the filter's JSON configuration, from a file
   --config-json JSON      the filter's JSON configuration, inline (default {})
   --consul URL            Consul HTTP API the gateway resolves upstream instances from
-  --route PREFIX=SERVICE  path prefix routed to a Consul service (default /echo=echo)
+  --route PREFIX=SERVICE  path prefix routed to a Consul service (default /echo=echo);
+                          SERVICE * takes the service from the path segment after PREFIX
+                          (--route /svc=* sends /svc/web/x to the service web)
+  --upstream ADDR         forward every request to ip:port instead of an instance of the
+                          service from Consul (the filter still looks the service up)
   --cluster NAME=ADDR     Envoy: dispatch cluster name -> ip:port (repeatable)
   --shm-zone NAME         Kong: shm_kv zone (repeatable; default consul_enricher)
   --allow-origin ORIGIN   CORS origin allowed to call the gateway (repeatable; * for any)
@@ -25,16 +30,33 @@ usage: gateway --consul URL [options]
                           and the level the filter is told (default info)
 ";
 
+/// The `SERVICE` of a route whose service is the path segment after its prefix.
+const SERVICE_FROM_PATH: &str = "*";
+
 #[derive(Debug, Clone)]
 pub struct Route {
     pub prefix: String,
     pub service: String,
 }
 
+/// Kong's upstream host for a service, as the demo's Consul DNS names it.
+pub fn service_host(service: &str) -> String {
+    format!("{service}.service.consul")
+}
+
 impl Route {
-    /// Kong's upstream host for the service, as the demo's Consul DNS names it.
-    pub fn service_host(&self) -> String {
-        format!("{}.service.consul", self.service)
+    /// The service `path` goes to, if it matches this route.
+    pub fn service_for(&self, path: &str) -> Option<String> {
+        if !self.matches(path) {
+            return None;
+        }
+        if self.service != SERVICE_FROM_PATH {
+            return Some(self.service.clone());
+        }
+        let rest = &path[self.prefix.len()..];
+        let segment = rest.strip_prefix('/').unwrap_or(rest);
+        let service = segment.split(['/', '?']).next().unwrap_or_default();
+        (!service.is_empty()).then(|| service.to_string())
     }
 
     /// Prefix matching on whole path segments: `/echo` matches `/echo`, `/echo/x` and
@@ -55,8 +77,10 @@ pub struct GatewayOptions {
     pub flavour: Flavour,
     pub workers: usize,
     pub config: Vec<u8>,
-    /// `host:port` of the Consul HTTP API.
+    /// `host:port` of the Consul HTTP API the gateway picks instances from.
     pub consul: String,
+    /// `ip:port` every request goes to instead of an instance from Consul.
+    pub upstream: Option<String>,
     pub routes: Vec<Route>,
     pub clusters: HashMap<String, String>,
     pub shm_zones: Vec<String>,
@@ -106,6 +130,7 @@ impl GatewayOptions {
         let mut workers = 2;
         let mut config = b"{}".to_vec();
         let mut consul = None;
+        let mut upstream = None;
         let mut routes = Vec::new();
         let mut clusters = HashMap::new();
         let mut shm_zones = Vec::new();
@@ -137,6 +162,7 @@ impl GatewayOptions {
                 }
                 "--config-json" => config = value.into_bytes(),
                 "--consul" => consul = Some(host_port("--consul", &value)?),
+                "--upstream" => upstream = Some(host_port("--upstream", &value)?),
                 "--route" => {
                     let (prefix, service) = split_pair("--route", &value)?;
                     if !prefix.starts_with('/') {
@@ -172,12 +198,18 @@ impl GatewayOptions {
         if shm_zones.is_empty() {
             shm_zones.push("consul_enricher".to_string());
         }
+        let consul = match (consul, &upstream) {
+            (Some(consul), _) => consul,
+            (None, Some(_)) => String::new(),
+            (None, None) => bail!("--consul or --upstream is required"),
+        };
         Ok(Self {
             wasm,
             flavour,
             workers,
             config,
-            consul: consul.ok_or_else(|| anyhow!("--consul is required"))?,
+            consul,
+            upstream,
             routes,
             clusters,
             shm_zones,
@@ -187,8 +219,9 @@ impl GatewayOptions {
         })
     }
 
-    pub fn route_for(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matches(path))
+    /// The service of the first route `path` matches.
+    pub fn service_for(&self, path: &str) -> Option<String> {
+        self.routes.iter().find_map(|route| route.service_for(path))
     }
 
     pub fn origin_allowed(&self, origin: &str) -> bool {
@@ -210,11 +243,10 @@ mod tests {
     fn defaults_route_echo_and_need_consul() {
         let options = parse(&["--consul", "http://127.0.0.1:8500/"]).unwrap();
         assert_eq!(options.consul, "127.0.0.1:8500");
-        assert_eq!(
-            options.route_for("/echo").unwrap().service_host(),
-            "echo.service.consul"
-        );
+        assert_eq!(options.service_for("/echo").as_deref(), Some("echo"));
+        assert_eq!(service_host("echo"), "echo.service.consul");
         assert_eq!(options.shm_zones, ["consul_enricher"]);
+        assert_eq!(options.upstream, None);
         assert!(parse(&[]).unwrap_err().to_string().contains("--consul"));
     }
 
@@ -232,11 +264,27 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_routes_take_the_service_from_the_path() {
+        let options = parse(&["--upstream", "127.0.0.1:9000", "--route", "/svc=*"]).unwrap();
+        assert_eq!(options.upstream.as_deref(), Some("127.0.0.1:9000"));
+        assert_eq!(options.service_for("/svc/web-7").as_deref(), Some("web-7"));
+        assert_eq!(
+            options.service_for("/svc/web-7/echo?x=1").as_deref(),
+            Some("web-7")
+        );
+        assert_eq!(options.service_for("/svc/db?x=1").as_deref(), Some("db"));
+        assert_eq!(options.service_for("/svc"), None);
+        assert_eq!(options.service_for("/svc/"), None);
+        assert_eq!(options.service_for("/other/web"), None);
+    }
+
+    #[test]
     fn bad_values_are_named() {
         for (args, needle) in [
             (vec!["--consul", "x:1", "--flavour", "nginx"], "--flavour"),
             (vec!["--consul", "x:1", "--workers", "0"], "--workers"),
             (vec!["--consul", "nohost"], "--consul"),
+            (vec!["--upstream", "nohost"], "--upstream"),
             (vec!["--consul", "x:1", "--cluster", "consul"], "--cluster"),
             (vec!["--consul", "x:1", "--route", "echo=echo"], "--route"),
             (vec!["--consul", "x:1", "--bogus", "1"], "--bogus"),

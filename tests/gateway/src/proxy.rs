@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use test_host::{find_header, Flavour, LocalResponse, RequestSpec};
 
 use crate::filter::{FilterThread, Verdict};
-use crate::options::{GatewayOptions, Route};
+use crate::options::{service_host, GatewayOptions};
 use crate::upstream::{exchange, Balancer};
 
 const ALLOW_METHODS: &str = "GET,POST,OPTIONS";
@@ -127,7 +127,7 @@ impl Gateway {
             || request.uri().path().to_string(),
             |p| p.as_str().to_string(),
         );
-        let Some(route) = self.options.route_for(&path).cloned() else {
+        let Some(service) = self.options.service_for(&path) else {
             return plain(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
         let (parts, body) = request.into_parts();
@@ -169,10 +169,10 @@ impl Gateway {
             Flavour::Kong => spec
                 .property(
                     "kong.router.service",
-                    &format!(r#"{{"host":"{}"}}"#, route.service_host()),
+                    &format!(r#"{{"host":"{}"}}"#, service_host(&service)),
                 )
                 .property("kong.version", "3.9.1"),
-            Flavour::Envoy => spec.property("xds.cluster_name", &route.service),
+            Flavour::Envoy => spec.property("xds.cluster_name", &service),
         };
 
         let (handle, upstream_headers) = match self.filter.request(spec).await {
@@ -184,10 +184,14 @@ impl Gateway {
             }
         };
 
-        let (address, upstream) = match self.balancer.pick(&route.service).await {
+        let picked = match &self.options.upstream {
+            Some(address) => Ok(address.clone()),
+            None => self.balancer.pick(&service).await,
+        };
+        let (address, upstream) = match picked {
             Ok(address) => {
                 let upstream = self
-                    .forward(&route, &address, &upstream_headers, body)
+                    .forward(&service, &address, &upstream_headers, body)
                     .await;
                 (address, upstream)
             }
@@ -235,7 +239,7 @@ impl Gateway {
     /// service's host (`preserve_host` off); Envoy keeps `:authority`.
     async fn forward(
         &self,
-        route: &Route,
+        service: &str,
         address: &str,
         headers: &[(String, String)],
         body: Bytes,
@@ -243,7 +247,7 @@ impl Gateway {
         let method = find_header(headers, ":method").unwrap_or("GET");
         let path = find_header(headers, ":path").unwrap_or("/");
         let host = match self.options.flavour {
-            Flavour::Kong => route.service_host(),
+            Flavour::Kong => service_host(service),
             Flavour::Envoy => find_header(headers, ":authority")
                 .unwrap_or(address)
                 .to_string(),

@@ -452,6 +452,8 @@ pub(crate) struct CatalogEntry {
 struct Catalog {
     /// Instances by service name; no service has an empty list.
     services: HashMap<String, Vec<CatalogEntry>>,
+    /// The service of each instance, by node and service ID.
+    located: HashMap<(String, String), String>,
     index: u64,
     /// Index of the last change per service that has instances.
     service_index: HashMap<String, u64>,
@@ -463,6 +465,7 @@ impl Catalog {
     fn new() -> Self {
         Self {
             services: HashMap::new(),
+            located: HashMap::new(),
             index: FIRST_INDEX,
             service_index: HashMap::new(),
             restores: 0,
@@ -495,18 +498,28 @@ impl Catalog {
 
     /// Takes out the entry of `id` on `node`, wherever its service is.
     fn take(&mut self, node: &str, id: &str) -> Option<CatalogEntry> {
-        let (service, position) = self.services.iter().find_map(|(service, entries)| {
-            entries
-                .iter()
-                .position(|e| e.instance.node == node && e.instance.id == id)
-                .map(|position| (service.clone(), position))
-        })?;
+        let service = self.located.remove(&(node.to_owned(), id.to_owned()))?;
         let entries = self.services.get_mut(&service)?;
+        let position = entries
+            .iter()
+            .position(|e| e.instance.node == node && e.instance.id == id)?;
         let entry = entries.remove(position);
         if entries.is_empty() {
             self.services.remove(&service);
         }
         Some(entry)
+    }
+
+    fn insert(&mut self, entry: CatalogEntry) {
+        let instance = &entry.instance;
+        self.located.insert(
+            (instance.node.clone(), instance.id.clone()),
+            instance.service.clone(),
+        );
+        self.services
+            .entry(instance.service.clone())
+            .or_default()
+            .push(entry);
     }
 }
 
@@ -630,12 +643,7 @@ impl ConsulState {
             }
             None => next_index,
         };
-        let service = instance.service.clone();
-        catalog
-            .services
-            .entry(service)
-            .or_default()
-            .push(derive_entry(instance, create_index, next_index));
+        catalog.insert(derive_entry(instance, create_index, next_index));
         let index = catalog.commit(&touched);
         drop(catalog);
         self.publish(index);
@@ -645,18 +653,22 @@ impl ConsulState {
     /// Removes instances with `service_id` (only on `node` when given).
     fn deregister(&self, service_id: &str, node: Option<&str>) -> bool {
         let mut catalog = lock(&self.catalog);
+        let removed: Vec<(String, String)> = catalog
+            .located
+            .keys()
+            .filter(|(entry_node, id)| {
+                id == service_id && node.is_none_or(|node| node == entry_node)
+            })
+            .cloned()
+            .collect();
         let mut removed_services = Vec::new();
-        catalog.services.retain(|service, entries| {
-            let before = entries.len();
-            entries.retain(|entry| {
-                entry.instance.id != service_id
-                    || node.is_some_and(|node| entry.instance.node != node)
-            });
-            if entries.len() < before {
-                removed_services.push(service.clone());
+        for (entry_node, id) in removed {
+            if let Some(entry) = catalog.take(&entry_node, &id) {
+                if !removed_services.contains(&entry.instance.service) {
+                    removed_services.push(entry.instance.service);
+                }
             }
-            !entries.is_empty()
-        });
+        }
         if removed_services.is_empty() {
             return false;
         }
