@@ -345,11 +345,11 @@ pub fn decode_count(value: Option<&[u8]>) -> u32 {
         .map_or(0, u32::from_le_bytes)
 }
 
-/// Whether a stored lease value is still held at `now`. Malformed values count as free.
-pub fn lease_held(value: Option<&[u8]>, now: u64) -> bool {
+/// A stored lease's expiry; a lease is held until then. Malformed values count as free.
+pub fn lease_expiry(value: Option<&[u8]>) -> Option<u64> {
     value
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
-        .is_some_and(|b| u64::from_le_bytes(b) > now)
+        .map(u64::from_le_bytes)
 }
 
 #[cfg(test)]
@@ -558,9 +558,9 @@ mod tests {
 
     #[test]
     fn leases() {
-        assert!(!lease_held(None, T0));
-        assert!(lease_held(Some(&encode_lease(T0 + 1)), T0));
-        assert!(!lease_held(Some(&encode_lease(T0)), T0));
-        assert!(!lease_held(Some(b"junk"), T0));
+        assert_eq!(lease_expiry(None), None);
+        assert_eq!(lease_expiry(Some(&encode_lease(T0 + 1))), Some(T0 + 1));
+        assert_eq!(lease_expiry(Some(&encode_lease(0))), Some(0));
+        assert_eq!(lease_expiry(Some(b"junk")), None);
     }
 }

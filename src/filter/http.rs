@@ -213,20 +213,31 @@ fn start_span(shared: &Shared, trace: Option<&TraceParent>) -> Option<[u8; 8]> {
 /// (`kong/runloop/wasm.lua`, Kong 3.6+). An nginx without Kong's Lua (no `kong.version`
 /// either) answers NotFound; there `ngx.upstream_host` (the variable Kong's template
 /// declares, set by the operator) is read instead. With Kong it is never read: with
-/// `preserve_host` Kong sets it to the client's `Host`.
-fn kong_service_host() -> Option<String> {
+/// `preserve_host` Kong sets it to the client's `Host`. Which of the two a worker has is
+/// learnt on its first request, so that every later one makes a single property call.
+fn kong_service_host(shared: &Shared) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct KongService {
         host: Option<String>,
     }
+    if shared.kong_lua.get() == Some(false) {
+        return host::property(&["ngx", "upstream_host"]);
+    }
     match host::property(&["kong", "router", "service"]) {
         Some(json) => {
+            shared.kong_lua.set(Some(true));
             serde_json::from_slice::<KongService>(json.as_bytes())
                 .ok()?
                 .host
         }
-        None if host::property(&["kong", "version"]).is_none() => {
-            host::property(&["ngx", "upstream_host"])
+        None if shared.kong_lua.get().is_none() => {
+            let kong_lua = host::property(&["kong", "version"]).is_some();
+            shared.kong_lua.set(Some(kong_lua));
+            if kong_lua {
+                None
+            } else {
+                host::property(&["ngx", "upstream_host"])
+            }
         }
         None => None,
     }
@@ -234,10 +245,11 @@ fn kong_service_host() -> Option<String> {
 
 /// The Consul service (and datacenter) of this request, from the sources the
 /// configuration names; the client's authority only with `service.from_authority`.
-fn resolve_target(config: &Config, incoming: &Incoming) -> Option<ServiceTarget> {
+fn resolve_target(shared: &Shared, incoming: &Incoming) -> Option<ServiceTarget> {
+    let config = &shared.config;
     let upstream_host = match config.host {
         HostKind::Kong if config.service.from_host && config.service.name.is_empty() => {
-            kong_service_host()
+            kong_service_host(shared)
         }
         _ => None,
     };
@@ -274,7 +286,7 @@ impl HttpContext for Http {
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
         let span_id = start_span(&shared, trace.as_ref());
-        let target = resolve_target(config, &incoming).map(|t| {
+        let target = resolve_target(&shared, &incoming).map(|t| {
             let id = t.cache_id(&config.consul.datacenter);
             (t, id)
         });

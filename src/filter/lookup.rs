@@ -25,9 +25,9 @@ use hashbrown::HashMap;
 use proxy_wasm::types::{MapType, Status};
 
 use super::host;
-use super::{Call, Counter, Memo, Pending, Shared, WorkerState};
+use super::{Call, Counter, Memo, Pending, Shared, Wanted, WorkerState};
 use crate::cache::{
-    decide, decode_count, encode_count, encode_lease, lease_held, Entry, EntryStatus, Lookup,
+    decide, decode_count, encode_count, encode_lease, lease_expiry, Entry, EntryStatus, Lookup,
 };
 use crate::config::{Config, ConsulEndpoint, HostKind};
 use crate::consul::{lookup_path, parse_catalog, parse_health, Catalog, CatalogError};
@@ -193,16 +193,26 @@ impl Shared {
         }
     }
 
-    /// Takes the service's lease for `hold_ms` unless another worker holds an unexpired one.
-    fn take_lease(&self, id: &str, now: u64, hold_ms: u64) -> bool {
+    /// Takes the service's lease for `hold_ms` unless another worker holds an unexpired one;
+    /// if it cannot, when to try again: the held lease's expiry, or the next tick.
+    fn take_lease(&self, id: &str, now: u64, hold_ms: u64) -> Result<(), u64> {
         let key = self.config.lease_key(id);
         let Ok((value, cas)) = host::shared_get(&key) else {
-            return false;
+            return Err(now);
         };
-        if lease_held(value.as_deref(), now) {
-            return false;
+        if let Some(expires_at) = lease_expiry(value.as_deref()).filter(|&at| at > now) {
+            return Err(expires_at);
         }
-        host::shared_set(&key, &encode_lease(now + hold_ms), cas).is_ok()
+        host::shared_set(&key, &encode_lease(now + hold_ms), cas).map_err(|_| now)
+    }
+
+    /// A watched service this worker cannot act on before `at`: the tick passes it over
+    /// until then. When another worker's watch ends, that worker watches again, and the
+    /// lease it took when it began bounds how long this one waits to take over.
+    fn try_watch_again_at(&self, id: &str, at: u64) {
+        if let Some(wanted) = self.state.borrow_mut().refresh_wanted.get_mut(id) {
+            wanted.next_try_ms = at;
+        }
     }
 
     /// After a call: the lease is free again, or after a watch it stays taken until
@@ -328,7 +338,7 @@ impl Shared {
                 return MissOutcome::Paused;
             }
         }
-        let own_call = self.take_lease(id, now, self.lookup_ms());
+        let own_call = self.take_lease(id, now, self.lookup_ms()).is_ok();
         if own_call {
             if let Err(status) = self.dispatch_lookup(target, id, None, true, None) {
                 self.release_lease(id);
@@ -555,11 +565,14 @@ impl Shared {
         }
         let mut state = self.state.borrow_mut();
         match state.refresh_wanted.get_mut(id) {
-            Some((_, used)) => *used = now,
+            Some(wanted) => wanted.used_ms = now,
             None => {
-                state
-                    .refresh_wanted
-                    .insert(id.to_string(), (target.clone(), now));
+                let wanted = Wanted {
+                    target: target.clone(),
+                    used_ms: now,
+                    next_try_ms: 0,
+                };
+                state.refresh_wanted.insert(id.to_string(), wanted);
             }
         }
     }
@@ -574,33 +587,34 @@ impl Shared {
         let watch = self.config.consul.watch;
         let wanted: Vec<(String, ServiceTarget)> = {
             let mut state = self.state.borrow_mut();
+            let WorkerState {
+                refresh_wanted,
+                pending,
+                ..
+            } = &mut *state;
             if watch {
-                state
-                    .refresh_wanted
-                    .retain(|_, (_, used)| now.saturating_sub(*used) < ttl_ms);
-                state
-                    .refresh_wanted
+                refresh_wanted.retain(|_, w| now.saturating_sub(w.used_ms) < ttl_ms);
+                refresh_wanted
                     .iter()
-                    .map(|(id, (t, _))| (id.clone(), t.clone()))
+                    .filter(|(id, w)| now >= w.next_try_ms && !pending.contains_key(*id))
+                    .map(|(id, w)| (id.clone(), w.target.clone()))
                     .collect()
             } else {
-                state
-                    .refresh_wanted
+                refresh_wanted
                     .drain()
-                    .map(|(id, (t, _))| (id, t))
+                    .filter(|(id, _)| !pending.contains_key(id))
+                    .map(|(id, w)| (id, w.target))
                     .collect()
             }
         };
         for (id, target) in wanted {
-            if self.state.borrow().pending.contains_key(&id) {
-                continue;
-            }
             let Some(entry) = self.read_entry(&id) else {
                 continue;
             };
             let lookup = decide(Some(&entry), now);
             let (watch_from, hold_ms) = if watch {
                 if now < entry.retry_after && entry.failures > 0 {
+                    self.try_watch_again_at(&id, entry.retry_after);
                     continue;
                 }
                 // An index of 0 asks without blocking, which is how a watch starts over
@@ -611,7 +625,10 @@ impl Shared {
             } else {
                 continue;
             };
-            if !self.take_lease(&id, now, hold_ms) {
+            if let Err(held_until) = self.take_lease(&id, now, hold_ms) {
+                if watch {
+                    self.try_watch_again_at(&id, held_until);
+                }
                 continue;
             }
             match self.dispatch_lookup(&target, &id, None, true, watch_from) {

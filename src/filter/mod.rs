@@ -181,14 +181,25 @@ pub struct Memo {
     pub service: Option<(&'static str, Rc<Enrichment>)>,
 }
 
+/// A service this worker wants refreshed or watched.
+pub struct Wanted {
+    pub target: ServiceTarget,
+    /// When this worker last served a request for it.
+    pub used_ms: u64,
+    /// Not before this time: another worker's watch holds the lease until then, or Consul
+    /// failed and the entry is in backoff. Keeps a tick from reading shared data for every
+    /// watched service (thousands, 20 ticks a second) while nothing can be done for them.
+    pub next_try_ms: u64,
+}
+
 pub struct WorkerState {
     pub requests: HashMap<u32, RequestState>,
     /// By cache id.
     pub pending: HashMap<String, Pending>,
     pub calls: HashMap<u32, Call>,
     /// Services to refresh or watch from the next tick, by cache id (kept without
-    /// duplicates), with the time this worker last served a request for them.
-    pub refresh_wanted: HashMap<String, (ServiceTarget, u64)>,
+    /// duplicates).
+    pub refresh_wanted: HashMap<String, Wanted>,
     /// Entries of services unknown to Consul this worker stored, with their expiry: the
     /// tick removes them from shared data once expired, so invented names cannot fill it.
     pub negative_written: VecDeque<(String, u64)>,
@@ -207,6 +218,9 @@ pub struct Shared {
     pub state: RefCell<WorkerState>,
     /// False once the host refused `kong.ctx.shared`.
     pub kong_ctx_writable: Cell<bool>,
+    /// Whether Kong's Lua answers this worker's `kong.*` properties, once a request found
+    /// out (it does for the worker's whole life or never).
+    pub kong_lua: Cell<Option<bool>>,
 }
 
 /// How often a worker's tick runs: it polls for answers other workers fetched, enforces

@@ -65,6 +65,7 @@ impl RootContext for Root {
             config,
             metrics: Metrics::define(),
             kong_ctx_writable: Cell::new(true),
+            kong_lua: Cell::new(None),
             state: RefCell::new(WorkerState {
                 requests: HashMap::new(),
                 pending: HashMap::new(),

@@ -247,9 +247,17 @@ impl HostShared {
     }
 }
 
+/// The one engine. With `TEST_HOST_PERF_MAP` set, wasmtime writes `/tmp/perf-<pid>.map` so
+/// that `perf report` names the filter's functions (README, "Benchmarks").
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(Engine::default)
+    ENGINE.get_or_init(|| {
+        let mut config = wasmtime::Config::new();
+        if std::env::var_os("TEST_HOST_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        Engine::new(&config).unwrap_or_else(|_| Engine::default())
+    })
 }
 
 /// Compiled modules by path and modification time: compiling the filter once per test

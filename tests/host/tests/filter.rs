@@ -993,8 +993,10 @@ fn kong_without_its_lua_reads_the_upstream_host_variable() {
     let request = gw.send(spec);
     let record = gw.forwarded(request);
     assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-    // With Kong's Lua present, the variable (the client's Host under preserve_host) is not
-    // a source.
+    gw.assert_no_traps();
+    // With Kong's Lua present (it is for a worker's whole life, or never), the variable
+    // (the client's Host under preserve_host) is not a source.
+    let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
     let spec = RequestSpec::get("client.example", "/echo")
         .property("kong.version", "3.9.1")
         .property("ngx.upstream_host", "echo.service.consul");

@@ -36,6 +36,15 @@ pub fn binary() -> Result<PathBuf> {
     Ok(gateway)
 }
 
+/// The kernel's clock ticks per second (`getconf CLK_TCK`).
+fn clock_ticks_per_second() -> Result<f64> {
+    let output = Command::new("getconf").arg("CLK_TCK").output()?;
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("getconf CLK_TCK")
+}
+
 #[derive(Default)]
 struct Stderr {
     refusal: Option<String>,
@@ -135,6 +144,31 @@ impl Gateway {
     }
 
     /// SIGTERM, wait for the exit, and read the exit report.
+    /// CPU time the process has used so far (user + system), from `/proc/<pid>/stat`
+    /// (fields 14 and 15, in clock ticks: proc(5)).
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // The command name (field 2) is in parentheses and may hold spaces.
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat"))?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |index: usize| -> Result<u64> {
+            fields
+                .get(index)
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| anyhow!("no CPU field {index} in /proc/{pid}/stat"))
+        };
+        // After the name, field 3 is at index 0: utime (14) at 11, stime (15) at 12.
+        let total = ticks(11)? + ticks(12)?;
+        Ok(Duration::from_secs_f64(
+            total as f64 / clock_ticks_per_second()?,
+        ))
+    }
+
     pub fn stop(mut self) -> Result<ExitReport> {
         let pid = self.child.id().to_string();
         let signalled = Command::new("kill")

@@ -238,6 +238,11 @@ impl Fleet {
         self.gateways.iter().map(|g| g.addr.clone()).collect()
     }
 
+    /// CPU time used so far by each gateway process.
+    fn cpu_times(&self) -> Result<Vec<Duration>> {
+        self.gateways.iter().map(Gateway::cpu_time).collect()
+    }
+
     fn refusal(&self) -> Option<String> {
         self.gateways.iter().find_map(Gateway::refusal)
     }
@@ -296,6 +301,8 @@ struct FleetRun {
     consul_requests: u64,
     cache_fetches: u64,
     held_at_end: usize,
+    /// Per gateway: CPU time used during the load.
+    cpu: Vec<Duration>,
     /// Per gateway: time from the change until visible, `None` when never seen.
     visible_after: Vec<Option<Duration>>,
     visibility_deadline: Duration,
@@ -357,6 +364,7 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
     let window = Duration::from_secs(settings.seconds);
     let reads_before = consul_reads(&consul);
     let fetches_before = consul.agent_cache_fetches();
+    let cpu_before = fleet.cpu_times()?;
     let started = Instant::now();
     let steady = SteadyLoad::start(
         &addrs,
@@ -378,7 +386,7 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             .is_some()
     };
     // The probes may outlast the load; the load and the Consul count end with the window.
-    let (requests, failed, consul_requests, cache_fetches, held_at_end, elapsed) =
+    let (cpu_after, requests, failed, consul_requests, cache_fetches, held_at_end, elapsed) =
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 load::probe_until(
@@ -393,8 +401,10 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             std::thread::sleep((started + window).saturating_duration_since(Instant::now()));
             let held_at_end = consul.held_queries("/v1/");
             let elapsed = started.elapsed();
+            let cpu_after = fleet.cpu_times();
             let steady = steady.stop();
             (
+                cpu_after,
                 steady.ok(),
                 steady.failed(),
                 consul_reads(&consul) - reads_before,
@@ -410,6 +420,11 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
                 .map(|at| at.saturating_duration_since(changed_at))
         })
         .collect();
+    let cpu = cpu_after?
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
     let reports = fleet.stop()?;
     Ok(Outcome::Measured(FleetRun {
         requests,
@@ -419,6 +434,7 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
         consul_requests,
         cache_fetches,
         held_at_end,
+        cpu,
         visible_after,
         visibility_deadline,
         reports,
@@ -536,6 +552,17 @@ fn report_fleet(
     println!(
         "  Consul: {} requests during the load = {per_service_minute:.3} per service per minute; {} blocking queries held at the end",
         run.consul_requests, run.held_at_end
+    );
+    let cpu_share: Vec<f64> = run
+        .cpu
+        .iter()
+        .map(|c| 100.0 * c.as_secs_f64() / run.window.as_secs_f64())
+        .collect();
+    println!(
+        "  gateway CPU during the load: {:.0}-{:.0}% of a core per gateway ({} workers each; load, filter and ticks)",
+        cpu_share.iter().copied().fold(f64::INFINITY, f64::min),
+        cpu_share.iter().copied().fold(0.0, f64::max),
+        settings.workers
     );
     if settings.cached {
         println!(
