@@ -207,8 +207,9 @@ impl Shared {
     }
 
     /// A watched service this worker cannot act on before `at`: the tick passes it over
-    /// until then. When another worker's watch ends, that worker watches again, and the
-    /// lease it took when it began bounds how long this one waits to take over.
+    /// until then. A service another worker watches is looked at again after
+    /// `consul.min_watch_interval_ms` (or when that lease expires, if sooner): that worker
+    /// may stop watching it when its own requests for it stop.
     fn try_watch_again_at(&self, id: &str, at: u64) {
         if let Some(wanted) = self.state.borrow_mut().refresh_wanted.get_mut(id) {
             wanted.next_try_ms = at;
@@ -627,7 +628,8 @@ impl Shared {
             };
             if let Err(held_until) = self.take_lease(&id, now, hold_ms) {
                 if watch {
-                    self.try_watch_again_at(&id, held_until);
+                    let recheck = now + u64::from(self.config.consul.min_watch_interval_ms);
+                    self.try_watch_again_at(&id, held_until.min(recheck));
                 }
                 continue;
             }
