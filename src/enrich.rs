@@ -7,6 +7,8 @@
 //! before it reaches a baggage member or an attribute; meta keys pass through
 //! [`header_value::attribute_key`] before they become part of an attribute name.
 
+use std::net::IpAddr;
+
 use crate::cache::Lookup;
 use crate::config::Config;
 use crate::consul::Instance;
@@ -185,6 +187,8 @@ pub fn baggage_attributes(baggage: &Baggage, read_keys: &[String]) -> Attributes
 pub struct Peer {
     pub address: String,
     pub port: u16,
+    /// The address as an IP address, when it is one.
+    ip: Option<IpAddr>,
 }
 
 impl Peer {
@@ -199,31 +203,43 @@ impl Peer {
             None => address.rsplit_once(':')?,
         };
         let port = port.parse().ok()?;
-        let address = canonical_host(host)?;
-        Some(Peer { address, port })
+        let (ip, bare) = parse_host(host);
+        let address = match ip {
+            Some(ip) => ip.to_string(),
+            None if bare.is_empty() => return None,
+            None => bare.to_ascii_lowercase(),
+        };
+        Some(Peer { address, port, ip })
+    }
+
+    /// Whether `host` (an instance's address) is this peer's, compared as addresses; no
+    /// allocation, as it runs for each instance on every response.
+    fn is_host(&self, host: &str) -> bool {
+        match (parse_host(host), self.ip) {
+            ((Some(ip), _), Some(own)) => ip == own,
+            ((None, bare), None) => !bare.is_empty() && bare.eq_ignore_ascii_case(&self.address),
+            _ => false,
+        }
     }
 }
 
-/// An address as text in one canonical form (see [`Peer`]); None when empty.
-pub fn canonical_host(host: &str) -> Option<String> {
+/// A host as an IP address (brackets and IPv6 zone dropped) when it is one, and the host
+/// without brackets.
+fn parse_host(host: &str) -> (Option<IpAddr>, &str) {
     let host = host.trim();
     let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     let zone_free = bare.split_once('%').map_or(bare, |(ip, _)| ip);
-    if let Ok(ip) = zone_free.parse::<std::net::IpAddr>() {
-        return Some(ip.to_string());
-    }
-    (!bare.is_empty()).then(|| bare.to_ascii_lowercase())
+    (zone_free.parse().ok(), bare)
 }
 
 /// The instance the gateway actually connected to.
 pub fn match_instance<'a>(instances: &'a [Instance], peer: &Peer) -> Option<&'a Instance> {
-    instances.iter().find(|i| {
-        i.service_port == peer.port
-            && canonical_host(i.address()).is_some_and(|a| a == peer.address)
-    })
+    instances
+        .iter()
+        .find(|i| i.service_port == peer.port && peer.is_host(i.address()))
 }
 
 /// Attributes of the instance used, plus the peer address the host reported. They replace
@@ -294,19 +310,38 @@ pub fn merge(into: &mut Attributes, from: Attributes) {
     }
 }
 
-/// The attributes as one JSON object (`kong.ctx.shared.consul_enricher`), in their order.
-pub fn to_json_object(attrs: &Attributes) -> String {
-    // Cannot fail: every key is a string and the output is memory.
-    serde_json::to_string(&AttributeObject(attrs)).unwrap_or_else(|_| String::from("{}"))
+/// One request's attributes: the service's (shared by every request served from one cache
+/// entry, so never copied per request) and the request's own (baggage values, lookup
+/// duration, the serving instance's), which replace the service's of the same name.
+#[derive(Clone, Copy)]
+pub struct RequestAttributes<'a> {
+    pub service: &'a Attributes,
+    pub own: &'a Attributes,
 }
 
-struct AttributeObject<'a>(&'a Attributes);
+impl<'a> RequestAttributes<'a> {
+    pub fn iter(self) -> impl Iterator<Item = &'a (String, AttrValue)> {
+        let own = self.own;
+        self.service
+            .iter()
+            .filter(move |(key, _)| !own.iter().any(|(k, _)| k == key))
+            .chain(own)
+    }
+
+    /// The attributes as one JSON object (`kong.ctx.shared.consul_enricher`).
+    pub fn to_json_object(self) -> String {
+        // Cannot fail: every key is a string and the output is memory.
+        serde_json::to_string(&AttributeObject(self)).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+struct AttributeObject<'a>(RequestAttributes<'a>);
 
 impl serde::Serialize for AttributeObject<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut object = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in self.0 {
+        let mut object = serializer.serialize_map(None)?;
+        for (key, value) in self.0.iter() {
             match value {
                 AttrValue::Str(text) => object.serialize_entry(key, text)?,
                 AttrValue::Int(n) => object.serialize_entry(key, n)?,
@@ -567,14 +602,41 @@ mod tests {
         );
     }
 
+    fn json(service: &Attributes, own: &Attributes) -> String {
+        RequestAttributes { service, own }.to_json_object()
+    }
+
+    #[test]
+    fn a_requests_own_attributes_replace_the_services() {
+        let service = vec![("x".to_string(), s("1")), ("y".to_string(), s("2"))];
+        let own = vec![
+            ("y".to_string(), s("3")),
+            ("z".to_string(), AttrValue::Int(4)),
+        ];
+        let view = RequestAttributes {
+            service: &service,
+            own: &own,
+        };
+        let seen: Vec<_> = view.iter().cloned().collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("x".to_string(), s("1")),
+                ("y".to_string(), s("3")),
+                ("z".to_string(), AttrValue::Int(4))
+            ]
+        );
+        assert_eq!(json(&service, &own), r#"{"x":"1","y":"3","z":4}"#);
+    }
+
     #[test]
     fn json_object_escapes() {
         let a = vec![
             ("a\"b".to_string(), s("line\nbreak\\")),
             ("n".to_string(), AttrValue::Int(-5)),
         ];
-        assert_eq!(to_json_object(&a), r#"{"a\"b":"line\nbreak\\","n":-5}"#);
-        assert_eq!(to_json_object(&Vec::new()), "{}");
+        assert_eq!(json(&a, &Vec::new()), r#"{"a\"b":"line\nbreak\\","n":-5}"#);
+        assert_eq!(json(&Vec::new(), &Vec::new()), "{}");
     }
 
     #[test]
@@ -593,7 +655,7 @@ mod tests {
                 (input.to_string(), s(input)),
                 ("n".to_string(), AttrValue::Int(i64::MIN)),
             ];
-            let out = to_json_object(&attrs);
+            let out = json(&attrs, &Vec::new());
             let back: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&out).expect("a JSON object");
             assert_eq!(back.len(), 2, "{out}");

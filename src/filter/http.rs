@@ -366,7 +366,7 @@ impl HttpContext for Http {
         }
         enrich::merge(&mut req.attributes, instance_attrs);
         if config.host == HostKind::Kong && config.kong_ctx_shared {
-            shared.write_kong_ctx(&req.attributes);
+            shared.write_kong_ctx(req.all_attributes());
         }
         Action::Continue
     }

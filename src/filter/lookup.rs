@@ -686,8 +686,7 @@ impl Shared {
             self.metrics.count(Counter::Enriched, 1);
         }
         self.metrics.count(lookup.counter(), 1);
-        let mut attributes = Attributes::with_capacity(e.attributes.len() + 8);
-        attributes.extend_from_slice(&e.attributes);
+        let mut attributes = Attributes::with_capacity(req.baggage_attributes.len() + 12);
         attributes.append(&mut req.baggage_attributes);
         attributes.push((
             "consul.lookup.duration_ms".to_string(),
@@ -742,11 +741,11 @@ impl Shared {
     /// where the span companion reads them. A host that refuses the property (an nginx
     /// without Kong's Lua, or a module built with another property namespace answers
     /// NotFound) is told once per worker, and not asked again.
-    pub fn write_kong_ctx(&self, attributes: &Attributes) {
+    pub fn write_kong_ctx(&self, attributes: enrich::RequestAttributes<'_>) {
         if !self.kong_ctx_writable.get() {
             return;
         }
-        let value = enrich::to_json_object(attributes);
+        let value = attributes.to_json_object();
         if let Err(status) = host::set_property(
             &["kong", "ctx", "shared", "consul_enricher"],
             value.as_bytes(),

@@ -20,7 +20,7 @@ use proxy_wasm::types::LogLevel;
 
 use crate::cache::{Entry, Lookup};
 use crate::config::Config;
-use crate::enrich::{Attributes, Enrichment};
+use crate::enrich::{Attributes, Enrichment, RequestAttributes};
 use crate::service_name::ServiceTarget;
 use crate::span::{SpanIds, SpanRecord};
 use crate::trace_context::{Baggage, TraceParent};
@@ -134,12 +134,23 @@ pub struct RequestState {
     pub baggage_attributes: Attributes,
     pub lookup_started_ms: u64,
     pub entry: Option<Rc<Entry>>,
-    /// Everything the span and `kong.ctx.shared` get: service level, then request level,
-    /// then instance level.
+    /// This request's own attributes (baggage values read, lookup duration, then the
+    /// serving instance's); with the service's, in `service`, they are what the span and
+    /// `kong.ctx.shared` get ([`RequestAttributes`]).
     pub attributes: Attributes,
     /// The service-level enrichment applied (its headers are repeated on the response with
     /// `headers.response`).
     pub service: Option<Rc<Enrichment>>,
+}
+
+impl RequestState {
+    pub fn all_attributes(&self) -> RequestAttributes<'_> {
+        static NONE: Attributes = Vec::new();
+        RequestAttributes {
+            service: self.service.as_ref().map_or(&NONE, |e| &e.attributes),
+            own: &self.attributes,
+        }
+    }
 }
 
 /// A Consul lookup this worker is waiting for, with the requests paused on it (Envoy; a

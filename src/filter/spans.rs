@@ -28,7 +28,7 @@ impl Shared {
             name,
             start_unix_nanos: req.start_nanos,
             end_unix_nanos: host::now_nanos(),
-            attributes: req.attributes.clone(),
+            attributes: req.all_attributes().iter().cloned().collect(),
         };
         let mut state = self.state.borrow_mut();
         if state.spans.len() >= self.config.spans.max_queue as usize {

@@ -2,7 +2,8 @@
 //! baseline filter in the same run, ending with one machine-readable line per key figure.
 //!
 //! `bench-host` runs the full benchmark; `bench-host --quick` runs every part briefly, to
-//! check that it still runs (its figures mean nothing).
+//! check that it still runs (its figures mean nothing); `bench-host --per-request` runs only
+//! the per-request figures, for profiling (README, "Benchmarks").
 
 mod consul_load;
 mod fixtures;
@@ -67,10 +68,13 @@ fn file_size(path: &std::path::Path) -> Result<u64> {
 }
 
 fn main() -> Result<()> {
-    let quick = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("--quick") => true,
-        Some(other) => bail!("unknown argument `{other}` (usage: bench-host [--quick])"),
+    let (quick, per_request_only) = match std::env::args().nth(1).as_deref() {
+        None => (false, false),
+        Some("--quick") => (true, false),
+        Some("--per-request") => (false, true),
+        Some(other) => {
+            bail!("unknown argument `{other}` (usage: bench-host [--quick | --per-request])")
+        }
     };
     let sizes = if quick { QUICK } else { FULL };
     let wasm = Wasm::locate()?;
@@ -92,6 +96,9 @@ fn main() -> Result<()> {
         &cost.consul_down,
         &cost.baseline,
     );
+    if per_request_only {
+        return Ok(());
+    }
 
     println!("\nThroughput through the gateway (wrk, 2 threads, {WRK_CONNECTIONS} connections, {} s each; 2 filter workers):", sizes.wrk_seconds);
     let bench = throughput::Bench::new()?;

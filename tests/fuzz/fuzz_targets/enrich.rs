@@ -12,7 +12,7 @@ use consul_enricher::config::{Config, ConsulConfig};
 use consul_enricher::consul::parse_catalog;
 use consul_enricher::enrich::{
     baggage_attributes, for_instance, for_service, instance_headers, match_instance,
-    to_json_object, AttrValue, Attributes, Peer, MAX_VALUE_LEN,
+    AttrValue, Attributes, Peer, RequestAttributes, MAX_VALUE_LEN,
 };
 use consul_enricher::trace_context::{Baggage, BaggageError};
 use consul_enricher_fuzz::{assert_clean_value, assert_token, object_members, text_fields};
@@ -26,8 +26,10 @@ const LOOKUPS: [Lookup; 5] = [
     Lookup::Miss,
 ];
 
-fn assert_clean_attributes(attrs: &Attributes) {
-    for (key, value) in attrs {
+/// A request's attributes: the service's and its own, each clean, and as one JSON object
+/// every attribute of the view exactly.
+fn assert_clean_attributes(service: &Attributes, own: &Attributes) {
+    for (key, value) in service.iter().chain(own) {
         assert!(!key.is_empty());
         // Attributes carry Consul's text itself (UTF-8 kept), never a control character.
         if let AttrValue::Str(s) = value {
@@ -36,9 +38,11 @@ fn assert_clean_attributes(attrs: &Attributes) {
             assert!(!s.starts_with(' ') && !s.ends_with(' '), "{key}: {s:?}");
         }
     }
-    let Some(members) = object_members(&to_json_object(attrs)) else {
+    let view = RequestAttributes { service, own };
+    let Some(members) = object_members(&view.to_json_object()) else {
         panic!("attributes are not a JSON object");
     };
+    let attrs: Vec<_> = view.iter().collect();
     assert_eq!(members.len(), attrs.len());
     for ((key, value), (written_key, written)) in attrs.iter().zip(&members) {
         assert_eq!(key, written_key);
@@ -73,7 +77,7 @@ fuzz_target!(|input: &[u8]| {
 
     let e = for_service(&config, service, instances, lookup);
     if let Some(caller) = &caller {
-        assert_clean_attributes(&baggage_attributes(caller, &config.baggage.read_keys));
+        assert_clean_attributes(&Vec::new(), &baggage_attributes(caller, &config.baggage.read_keys));
     }
     for (name, value) in &e.headers {
         assert_token("header name", name);
@@ -89,7 +93,7 @@ fuzz_target!(|input: &[u8]| {
         );
         assert!(value.len() <= MAX_VALUE_LEN);
     }
-    assert_clean_attributes(&e.attributes);
+    assert_clean_attributes(&e.attributes, &Vec::new());
 
     if let Some(mut baggage) = caller {
         let written = baggage.to_header();
@@ -111,5 +115,5 @@ fuzz_target!(|input: &[u8]| {
             assert_clean_value(&name, &value, MAX_VALUE_LEN);
         }
     }
-    assert_clean_attributes(&for_instance(used, peer.as_ref()));
+    assert_clean_attributes(&e.attributes, &for_instance(used, peer.as_ref()));
 });

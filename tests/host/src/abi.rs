@@ -224,21 +224,22 @@ fn kong_set_request_header(
     key: &str,
     value: Option<String>,
 ) {
+    let headers = &mut record.request_headers;
     let mut value = value;
-    let mut kept = Vec::with_capacity(record.request_headers.len() + 1);
-    for (name, old) in std::mem::take(&mut record.request_headers) {
-        if !name.eq_ignore_ascii_case(key) {
-            kept.push((name, old));
+    let mut i = 0;
+    while i < headers.len() {
+        if !headers[i].0.eq_ignore_ascii_case(key) {
+            i += 1;
         } else if let Some(new) = value.take() {
-            kept.push((name, new));
+            headers[i].1 = new;
+            i += 1;
         } else {
-            record.hidden_headers.push((name, old));
+            record.hidden_headers.push(headers.remove(i));
         }
     }
     if let Some(new) = value {
-        kept.push((key.to_ascii_lowercase(), new));
+        headers.push((key.to_ascii_lowercase(), new));
     }
-    record.request_headers = kept;
 }
 
 fn property_path(raw: &[u8]) -> String {
