@@ -46,7 +46,7 @@ ensure_rust() {
   channel="$(toolchain_value channel)"
   if ! rustup run "$channel" rustc --version >/dev/null 2>&1; then
     # Without a name, rustup installs what rust-toolchain.toml says, targets and components too.
-    install rust "installing the $channel toolchain" rustup toolchain install
+    install rust "installing the $channel toolchain" rustup toolchain install --no-self-update
     return
   fi
   for name in $(toolchain_value targets); do
@@ -90,7 +90,7 @@ ensure_nightly() {
   if rustup run nightly rustc --version >/dev/null 2>&1; then
     say "nightly: $(rustup run nightly rustc --version): present"
   else
-    install nightly "installing the nightly toolchain" rustup toolchain install nightly --profile minimal
+    install nightly "installing the nightly toolchain" rustup toolchain install nightly --profile minimal --no-self-update
   fi
 }
 
