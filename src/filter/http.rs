@@ -69,6 +69,20 @@ fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
     }
 }
 
+/// Whether anything takes the serving instance's values for this request: response
+/// headers, Envoy's filter state, Kong's span companion (while the host accepts
+/// `kong.ctx.shared`) or the filter's own span. Otherwise the response is left alone: no
+/// property read, nothing computed.
+fn instance_wanted(shared: &Shared, req: &RequestState) -> bool {
+    let config = &shared.config;
+    config.headers.response
+        || req.span_id.is_some()
+        || match config.host {
+            HostKind::Envoy => true,
+            HostKind::Kong => config.kong_ctx_shared && shared.kong_ctx_writable.get(),
+        }
+}
+
 impl Context for Http {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
@@ -336,14 +350,20 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         let config = &shared.config;
+        let wanted = shared
+            .state
+            .borrow()
+            .requests
+            .get(&self.id)
+            .is_some_and(|req| req.target.is_some() && instance_wanted(shared, req));
+        if !wanted {
+            return Action::Continue;
+        }
         let peer = upstream_peer(config.host);
         let mut state = shared.state.borrow_mut();
         let Some(req) = state.requests.get_mut(&self.id) else {
             return Action::Continue;
         };
-        if req.target.is_none() {
-            return Action::Continue;
-        }
         let instances = req
             .entry
             .as_ref()
