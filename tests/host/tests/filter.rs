@@ -1216,6 +1216,56 @@ fn with_nothing_changing_consul_sees_only_the_open_watch() {
     }
 }
 
+/// Requests on one worker only, for `period`, advancing the host in between.
+fn serve_on(gw: &mut Gateway, worker: usize, period: Duration) {
+    let until = std::time::Instant::now() + period;
+    while std::time::Instant::now() < until {
+        let request = gw.send_on(worker, echo_request(gw.flavour));
+        gw.forwarded(request);
+        gw.host.advance(Duration::from_millis(50)).unwrap();
+    }
+}
+
+#[test]
+fn another_worker_takes_the_watch_over_when_its_watcher_stops_serving_the_service() {
+    for flavour in Flavour::ALL {
+        let consul = consul_with_echo(ConsulOptions::default());
+        // A worker stops watching a service it has not served for a TTL.
+        let config = watch_config(json!({"consul": {"wait_s": 1}, "cache": {"ttl_s": 2}}));
+        let mut gw = gateway(flavour, 2, &consul.addr().to_string(), config);
+        serve_on(&mut gw, 0, Duration::from_millis(1500));
+        // Worker 0 watches; then only worker 1 serves the service, longer than a TTL and a
+        // wait, so worker 0's watch ends and worker 1 must hold the next one.
+        serve_on(&mut gw, 1, Duration::from_secs(4));
+        consul.register(
+            Instance::new("echo", "echo-1")
+                .address("127.0.0.1")
+                .port(9001)
+                .meta("version", "9.9.9")
+                .meta("region", "eu-west"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut seen = false;
+        while !seen && std::time::Instant::now() < deadline {
+            let request = gw.send_on(1, echo_request(flavour));
+            seen = gw
+                .forwarded(request)
+                .upstream_header("x-consul-meta-version")
+                .is_some_and(|v| v.contains("9.9.9"));
+            gw.host.advance(Duration::from_millis(50)).unwrap();
+        }
+        assert!(seen, "{flavour:?}: the change reached worker 1's requests");
+        let watches = consul
+            .request_log()
+            .iter()
+            .filter(|r| r.path == CATALOG && r.has_query("index"))
+            .count();
+        // About one watch per second of wait over some 6 s, never one per tick.
+        assert!(watches <= 12, "{flavour:?}: {watches} watches");
+        gw.assert_no_traps();
+    }
+}
+
 #[test]
 fn an_index_going_backwards_starts_the_watch_over() {
     for flavour in Flavour::ALL {
