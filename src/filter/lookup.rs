@@ -738,9 +738,11 @@ fn service_enrichment(
 
 impl Shared {
     /// Hands the request's attributes to Kong's Lua (`kong.ctx.shared.consul_enricher`),
-    /// where the span companion reads them. A host that refuses the property (an nginx
-    /// without Kong's Lua, or a module built with another property namespace answers
-    /// NotFound) is told once per worker, and not asked again.
+    /// where the span companion reads them. A host that refuses the property (a module
+    /// built with another property namespace answers NotFound; without Kong's Lua, in the
+    /// `kong` namespace, ngx_wasm_module keeps the value for the request itself:
+    /// `ngx_proxy_wasm_properties_set` in `ngx_proxy_wasm_properties.c`) is told once per
+    /// worker, and not asked again.
     pub fn write_kong_ctx(&self, attributes: enrich::RequestAttributes<'_>) {
         if !self.kong_ctx_writable.get() {
             return;
