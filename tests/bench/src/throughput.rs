@@ -1,21 +1,20 @@
 //! Throughput through the `gateway` binary (the test host's serve mode) with `wrk` on
 //! loopback, to a trivial upstream that Consul lists as the `echo` service.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use standins::{ConsulOptions, ConsulStandin, Instance};
 
-use crate::fixtures::{BAGGAGE, TRACEPARENT};
+use consul_enricher_bench::{gateway_binary, OkUpstream};
 
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+use crate::fixtures::{BAGGAGE, TRACEPARENT};
 
 #[derive(Default)]
 struct UpstreamCounts {
@@ -24,62 +23,12 @@ struct UpstreamCounts {
     enriched_hits: AtomicU64,
 }
 
-/// An HTTP/1.1 server answering `200 ok` to every request, on a thread per connection.
-struct TrivialUpstream {
-    addr: SocketAddr,
-    counts: Arc<UpstreamCounts>,
-    stop: Arc<AtomicBool>,
-}
-
-impl TrivialUpstream {
-    fn start() -> Result<TrivialUpstream> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let counts = Arc::new(UpstreamCounts::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (thread_counts, thread_stop) = (Arc::clone(&counts), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if thread_stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    let counts = Arc::clone(&thread_counts);
-                    std::thread::spawn(move || serve_connection(stream, &counts));
-                }
-            }
-        });
-        Ok(TrivialUpstream { addr, counts, stop })
-    }
-}
-
-impl Drop for TrivialUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// Answers each request head on the connection (GETs without bodies) until it closes.
-fn serve_connection(mut stream: TcpStream, counts: &UpstreamCounts) {
-    let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-            counts.requests.fetch_add(1, Ordering::Relaxed);
-            if head.lines().any(|l| l.trim_end() == "x-consul-lookup: hit") {
-                counts.enriched_hits.fetch_add(1, Ordering::Relaxed);
-            }
-            buffer.drain(..end + 4);
-            if stream.write_all(RESPONSE).is_err() {
-                return;
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+impl UpstreamCounts {
+    fn count(&self, head: &str) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let head = head.to_ascii_lowercase();
+        if head.lines().any(|l| l.trim_end() == "x-consul-lookup: hit") {
+            self.enriched_hits.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -102,7 +51,9 @@ pub struct Figures {
 pub struct Bench {
     gateway: PathBuf,
     consul: ConsulStandin,
-    upstream: TrivialUpstream,
+    /// Serves while the bench lives.
+    _upstream: OkUpstream,
+    counts: Arc<UpstreamCounts>,
 }
 
 struct RunningGateway(Child);
@@ -115,34 +66,24 @@ impl Drop for RunningGateway {
 }
 
 impl Bench {
-    /// The gateway binary is `GATEWAY_BIN`, else `gateway` beside this binary.
     pub fn new() -> Result<Bench> {
-        let gateway = match std::env::var_os("GATEWAY_BIN") {
-            Some(path) => PathBuf::from(path),
-            None => std::env::current_exe()?
-                .parent()
-                .ok_or_else(|| anyhow!("this binary has no directory"))?
-                .join("gateway"),
-        };
-        if !gateway.exists() {
-            bail!(
-                "{} does not exist: build it with `cargo build -p consul-enricher-gateway` or set GATEWAY_BIN",
-                gateway.display()
-            );
-        }
-        let upstream = TrivialUpstream::start()?;
+        let gateway = gateway_binary()?;
+        let counts = Arc::new(UpstreamCounts::default());
+        let upstream_counts = Arc::clone(&counts);
+        let upstream = OkUpstream::start(move |head| upstream_counts.count(head))?;
         let consul = ConsulStandin::start(ConsulOptions::default())?;
         consul.register(
             Instance::new("echo", "echo-1")
                 .address("127.0.0.1")
-                .port(upstream.addr.port())
+                .port(upstream.addr().port())
                 .meta("version", "1.4.2")
                 .meta("region", "eu-west-1"),
         );
         Ok(Bench {
             gateway,
             consul,
-            upstream,
+            _upstream: upstream,
+            counts,
         })
     }
 
@@ -221,7 +162,7 @@ impl Bench {
     }
 
     fn counts(&self) -> (u64, u64) {
-        let c = &self.upstream.counts;
+        let c = &self.counts;
         (
             c.requests.load(Ordering::SeqCst),
             c.enriched_hits.load(Ordering::SeqCst),

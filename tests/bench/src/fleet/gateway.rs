@@ -3,7 +3,7 @@
 //! report (metrics, wasm memory per worker, shared-data size).
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -17,24 +17,6 @@ const REFUSAL: &str = "invalid configuration";
 /// Lines of other output kept for error messages.
 const KEPT_LINES: usize = 20;
 const STOP_GRACE: Duration = Duration::from_secs(20);
-
-/// The gateway binary: `GATEWAY_BIN`, else `gateway` beside this binary.
-pub fn binary() -> Result<PathBuf> {
-    let gateway = match std::env::var_os("GATEWAY_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("this binary has no directory"))?
-            .join("gateway"),
-    };
-    if !gateway.exists() {
-        bail!(
-            "{} does not exist: build it with `cargo build -p consul-enricher-gateway` or set GATEWAY_BIN",
-            gateway.display()
-        );
-    }
-    Ok(gateway)
-}
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`).
 fn clock_ticks_per_second() -> Result<f64> {

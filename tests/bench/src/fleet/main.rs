@@ -314,13 +314,22 @@ enum Outcome<T> {
     Refused(String),
 }
 
-fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outcome<FleetRun>> {
+/// The recorder (the gateways' upstream), a Consul stand-in with `services` services and
+/// `gateways` gateways running the filter in `mode`; refused when the filter refuses the
+/// configuration.
+fn start_fleet(
+    env: &Environment,
+    settings: &Settings,
+    mode: Mode,
+    services: usize,
+    gateways: usize,
+) -> Result<Outcome<(Recorder, ConsulStandin, Fleet)>> {
     let recorder = Recorder::start()?;
-    let consul = catalog(settings.services, settings.instances, &recorder)?;
+    let consul = catalog(services, settings.instances, &recorder)?;
     let config = filter_config(settings, mode, &consul.addr().to_string());
     let upstream = recorder.addr().to_string();
     let fleet = Fleet::start(
-        settings.gateways,
+        gateways,
         &Launch {
             binary: &env.gateway,
             wasm: &env.wasm,
@@ -329,9 +338,18 @@ fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outco
             upstream: &upstream,
         },
     )?;
-    if let Some(refusal) = fleet.refusal_at_start() {
-        return Ok(Outcome::Refused(refusal));
-    }
+    Ok(match fleet.refusal_at_start() {
+        Some(refusal) => Outcome::Refused(refusal),
+        None => Outcome::Measured((recorder, consul, fleet)),
+    })
+}
+
+fn fleet_run(env: &Environment, settings: &Settings, mode: Mode) -> Result<Outcome<FleetRun>> {
+    let (recorder, consul, fleet) =
+        match start_fleet(env, settings, mode, settings.services, settings.gateways)? {
+            Outcome::Measured(started) => started,
+            Outcome::Refused(refusal) => return Ok(Outcome::Refused(refusal)),
+        };
     let addrs = fleet.addrs();
     // The second instance of a service in the middle (the only one if there is one).
     let changed_service = service_name(settings.services / 2);
@@ -448,23 +466,10 @@ fn scale_run(
     settings: &Settings,
     services: usize,
 ) -> Result<Outcome<ExitReport>> {
-    let recorder = Recorder::start()?;
-    let consul = catalog(services, settings.instances, &recorder)?;
-    let config = filter_config(settings, Mode::Poll, &consul.addr().to_string());
-    let upstream = recorder.addr().to_string();
-    let fleet = Fleet::start(
-        1,
-        &Launch {
-            binary: &env.gateway,
-            wasm: &env.wasm,
-            workers: settings.workers,
-            config: &config,
-            upstream: &upstream,
-        },
-    )?;
-    if let Some(refusal) = fleet.refusal_at_start() {
-        return Ok(Outcome::Refused(refusal));
-    }
+    let (recorder, _consul, fleet) = match start_fleet(env, settings, Mode::Poll, services, 1)? {
+        Outcome::Measured(started) => started,
+        Outcome::Refused(refusal) => return Ok(Outcome::Refused(refusal)),
+    };
     let names: Vec<String> = (0..services).map(service_name).collect();
     let counts = Counts::default();
     // The gateway hands requests to its workers in turn.
@@ -602,7 +607,7 @@ fn key_line(key: &str, value: Option<String>) {
 fn main() -> Result<()> {
     let settings = parse_args()?;
     let env = Environment {
-        gateway: gateway::binary()?,
+        gateway: consul_enricher_bench::gateway_binary()?,
         wasm: test_host::artifacts::filter_wasm().map_err(|e| anyhow!("{e:#}"))?,
     };
     println!("filter:  {}", env.wasm.display());

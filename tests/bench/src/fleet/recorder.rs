@@ -3,18 +3,15 @@
 //! when a change in Consul became visible through each gateway.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Result;
+use consul_enricher_bench::OkUpstream;
 
 use super::load::GATEWAY_HEADER;
 
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
 const VERSION_HEADER: &str = "x-consul-meta-version";
 
 #[derive(Default)]
@@ -26,34 +23,20 @@ struct Seen {
 }
 
 pub struct Recorder {
-    addr: SocketAddr,
+    upstream: OkUpstream,
     seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Recorder {
     pub fn start() -> Result<Recorder> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (thread_seen, thread_stop) = (Arc::clone(&seen), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if thread_stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    let seen = Arc::clone(&thread_seen);
-                    std::thread::spawn(move || serve_connection(stream, &seen));
-                }
-            }
-        });
-        Ok(Recorder { addr, seen, stop })
+        let recorded = Arc::clone(&seen);
+        let upstream = OkUpstream::start(move |head| record(head, Instant::now(), &recorded))?;
+        Ok(Recorder { upstream, seen })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.upstream.addr()
     }
 
     /// Requests from `gateway` that carried the version header.
@@ -79,36 +62,8 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
 fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
     seen.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Answers each request head on the connection (GETs without bodies) until it closes.
-fn serve_connection(mut stream: TcpStream, seen: &Mutex<Seen>) {
-    let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let arrived = Instant::now();
-            record(&String::from_utf8_lossy(&buffer[..end]), arrived, seen);
-            buffer.drain(..end + 4);
-            if stream.write_all(RESPONSE).is_err() {
-                return;
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 fn record(head: &str, arrived: Instant, seen: &Mutex<Seen>) {
