@@ -235,27 +235,28 @@ fn parse_host(host: &str) -> (Option<IpAddr>, &str) {
     (zone_free.parse().ok(), bare)
 }
 
-/// The instance the gateway actually connected to.
-pub fn match_instance<'a>(instances: &'a [Instance], peer: &Peer) -> Option<&'a Instance> {
+/// The instance the gateway actually connected to, by its position in `instances`.
+pub fn match_instance(instances: &[Instance], peer: &Peer) -> Option<usize> {
     instances
         .iter()
-        .find(|i| i.service_port == peer.port && peer.is_host(i.address()))
+        .position(|i| i.service_port == peer.port && peer.is_host(i.address()))
 }
 
-/// Attributes of the instance used, plus the peer address the host reported. They replace
-/// the service-level `consul.*` values of the same name.
-pub fn for_instance(instance: Option<&Instance>, peer: Option<&Peer>) -> Attributes {
+/// The peer address the host reported, a request's own.
+pub fn for_peer(peer: &Peer) -> Attributes {
+    let mut attrs = Attributes::with_capacity(2);
+    str_attr(&mut attrs, "network.peer.address", &peer.address);
+    attrs.push((
+        "network.peer.port".to_string(),
+        AttrValue::Int(i64::from(peer.port)),
+    ));
+    attrs
+}
+
+/// Attributes of the instance used. They replace the service-level `consul.*` values of
+/// the same name.
+pub fn for_instance(i: &Instance) -> Attributes {
     let mut attrs = Attributes::new();
-    if let Some(peer) = peer {
-        str_attr(&mut attrs, "network.peer.address", &peer.address);
-        attrs.push((
-            "network.peer.port".to_string(),
-            AttrValue::Int(i64::from(peer.port)),
-        ));
-    }
-    let Some(i) = instance else {
-        return attrs;
-    };
     str_attr(&mut attrs, "server.address", i.address());
     attrs.push((
         "server.port".to_string(),
@@ -300,48 +301,129 @@ pub fn instance_headers(config: &Config, instance: &Instance) -> Vec<(String, St
     headers
 }
 
-/// Adds or replaces attributes by key, keeping the first position of each key.
-pub fn merge(into: &mut Attributes, from: Attributes) {
-    for (k, v) in from {
-        match into.iter_mut().find(|(key, _)| *key == k) {
-            Some(slot) => slot.1 = v,
-            None => into.push((k, v)),
-        }
-    }
-}
+/// The attribute a request's lookup duration goes in.
+pub const LOOKUP_DURATION: &str = "consul.lookup.duration_ms";
 
-/// One request's attributes: the service's (shared by every request served from one cache
-/// entry, so never copied per request) and the request's own (baggage values, lookup
-/// duration, the serving instance's), which replace the service's of the same name.
+/// One request's attributes, in three layers, each replacing the one before by key: the
+/// service's (shared by every request served from one cache entry, so never copied per
+/// request), the request's own (baggage values, lookup duration, peer address) and the
+/// serving instance's (shared like the service's; what Consul says of the instance wins).
 #[derive(Clone, Copy)]
 pub struct RequestAttributes<'a> {
     pub service: &'a Attributes,
     pub own: &'a Attributes,
+    pub instance: &'a Attributes,
+}
+
+fn has_key(attrs: &Attributes, key: &str) -> bool {
+    attrs.iter().any(|(k, _)| k == key)
 }
 
 impl<'a> RequestAttributes<'a> {
-    pub fn iter(self) -> impl Iterator<Item = &'a (String, AttrValue)> {
-        let own = self.own;
+    pub fn iter(self) -> impl Iterator<Item = &'a (String, AttrValue)> + Clone {
+        let (own, instance) = (self.own, self.instance);
         self.service
             .iter()
-            .filter(move |(key, _)| !own.iter().any(|(k, _)| k == key))
-            .chain(own)
-    }
-
-    /// The attributes as one JSON object (`kong.ctx.shared.consul_enricher`).
-    pub fn to_json_object(self) -> String {
-        // Cannot fail: every key is a string and the output is memory.
-        serde_json::to_string(&AttributeObject(self)).unwrap_or_else(|_| String::from("{}"))
+            .filter(move |(key, _)| !has_key(own, key) && !has_key(instance, key))
+            .chain(own.iter().filter(move |(key, _)| !has_key(instance, key)))
+            .chain(instance)
     }
 }
 
-struct AttributeObject<'a>(RequestAttributes<'a>);
+/// What a request's serving instance adds, computed once per cache entry, lookup outcome
+/// and instance (or none matched), with the `kong.ctx.shared` JSON of every attribute no
+/// request replaces already written, so that a response writes only its own members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    /// The instance's attributes (none when no instance matched).
+    pub attributes: Attributes,
+    /// Its response headers (`headers.response`).
+    pub headers: Vec<(String, String)>,
+    /// The service's attributes that no request's own replaces and the instance's, as
+    /// JSON object members.
+    json_members: String,
+    /// The service's a request's own may replace (named in `baggage.read_keys`).
+    replaceable: Attributes,
+}
 
-impl serde::Serialize for AttributeObject<'_> {
+impl InstanceView {
+    pub fn new(config: &Config, service: &Attributes, instance: Option<&Instance>) -> InstanceView {
+        let attributes = instance.map(for_instance).unwrap_or_default();
+        let headers = instance
+            .map(|i| instance_headers(config, i))
+            .unwrap_or_default();
+        let layers = RequestAttributes {
+            service,
+            own: &Vec::new(),
+            instance: &attributes,
+        };
+        let own_only = |key: &str| {
+            key == LOOKUP_DURATION || key == "network.peer.address" || key == "network.peer.port"
+        };
+        let replaceable_key = |key: &str| config.baggage.read_keys.iter().any(|k| k == key);
+        let fixed = layers
+            .iter()
+            .filter(|(k, _)| !own_only(k) && !replaceable_key(k));
+        let object = json_object(fixed);
+        let json_members = object
+            .get(1..object.len().saturating_sub(1))
+            .unwrap_or_default()
+            .to_string();
+        let replaceable = layers
+            .iter()
+            .filter(|(k, _)| replaceable_key(k) && !has_key(&attributes, k))
+            .cloned()
+            .collect();
+        InstanceView {
+            attributes,
+            headers,
+            json_members,
+            replaceable,
+        }
+    }
+
+    /// Every attribute of a request with these `own` attributes as one JSON object
+    /// (`kong.ctx.shared.consul_enricher`).
+    pub fn json_object(&self, own: &Attributes) -> String {
+        let rest = self
+            .replaceable
+            .iter()
+            .filter(|(k, _)| !has_key(own, k))
+            .chain(own.iter().filter(|(k, _)| !has_key(&self.attributes, k)));
+        let tail = json_object(rest);
+        if self.json_members.is_empty() {
+            return tail;
+        }
+        let mut out = String::with_capacity(self.json_members.len() + tail.len() + 2);
+        out.push('{');
+        out.push_str(&self.json_members);
+        match tail.get(1..) {
+            Some("}") | None => out.push('}'),
+            Some(members) => {
+                out.push(',');
+                out.push_str(members);
+            }
+        }
+        out
+    }
+}
+
+/// Attributes as one JSON object.
+fn json_object<'a>(attrs: impl Iterator<Item = &'a (String, AttrValue)> + Clone) -> String {
+    // Cannot fail: every key is a string and the output is memory.
+    serde_json::to_string(&AttributeObject(attrs)).unwrap_or_else(|_| String::from("{}"))
+}
+
+struct AttributeObject<I>(I);
+
+impl<'a, I> serde::Serialize for AttributeObject<I>
+where
+    I: Iterator<Item = &'a (String, AttrValue)> + Clone,
+{
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut object = serializer.serialize_map(None)?;
-        for (key, value) in self.0.iter() {
+        for (key, value) in self.0.clone() {
             match value {
                 AttrValue::Str(text) => object.serialize_entry(key, text)?,
                 AttrValue::Int(n) => object.serialize_entry(key, n)?,
@@ -501,7 +583,7 @@ mod tests {
             assert!(v.bytes().all(|b| b >= 0x20 && b != 0x7f), "{n}: {v:?}");
             assert!(v.len() <= MAX_VALUE_LEN);
         }
-        let attrs = for_instance(Some(&evil), peer("10.0.0.1:80").as_ref());
+        let attrs = for_instance(&evil);
         for (_, v) in &attrs {
             if let AttrValue::Str(v) = v {
                 assert!(!v.contains('\r') && !v.contains('\n') && !v.contains('\0'));
@@ -514,7 +596,8 @@ mod tests {
     }
 
     fn matched(instances: &[Instance], peer: Option<Peer>) -> Option<&str> {
-        match_instance(instances, &peer?).map(|i| i.service_id.as_str())
+        let at = match_instance(instances, &peer?)?;
+        instances.get(at).map(|i| i.service_id.as_str())
     }
 
     #[test]
@@ -563,11 +646,9 @@ mod tests {
     #[test]
     fn instance_attributes() {
         let i = instance("b", "10.0.0.2", 8080, "2.0", "us");
-        let a = for_instance(Some(&i), peer("10.0.0.2:8080").as_ref());
+        let a = for_instance(&i);
         assert_eq!(attr(&a, "server.address"), Some(&s("10.0.0.2")));
         assert_eq!(attr(&a, "server.port"), Some(&AttrValue::Int(8080)));
-        assert_eq!(attr(&a, "network.peer.address"), Some(&s("10.0.0.2")));
-        assert_eq!(attr(&a, "network.peer.port"), Some(&AttrValue::Int(8080)));
         assert_eq!(attr(&a, "consul.service.id"), Some(&s("b")));
         assert_eq!(attr(&a, "consul.node"), Some(&s("node-b")));
         assert_eq!(attr(&a, "consul.datacenter"), Some(&s("dc1")));
@@ -577,56 +658,114 @@ mod tests {
         );
         assert_eq!(attr(&a, "consul.service.meta.version"), Some(&s("2.0")));
         assert_eq!(attr(&a, "consul.service.meta.region"), Some(&s("us")));
-        let unmatched = for_instance(None, peer("10.1.1.1:1").as_ref());
-        assert_eq!(unmatched.len(), 2);
-        assert!(for_instance(None, None).is_empty());
-    }
-
-    #[test]
-    fn merge_replaces_by_key() {
-        let mut a = vec![("x".to_string(), s("1")), ("y".to_string(), s("2"))];
-        merge(
-            &mut a,
-            vec![
-                ("y".to_string(), s("3")),
-                ("z".to_string(), AttrValue::Int(4)),
-            ],
-        );
+        let peer_attrs = for_peer(&Peer::parse("10.0.0.2", Some("8080")).unwrap());
         assert_eq!(
-            a,
+            peer_attrs,
             vec![
-                ("x".to_string(), s("1")),
-                ("y".to_string(), s("3")),
-                ("z".to_string(), AttrValue::Int(4))
+                ("network.peer.address".to_string(), s("10.0.0.2")),
+                ("network.peer.port".to_string(), AttrValue::Int(8080))
             ]
         );
     }
 
-    fn json(service: &Attributes, own: &Attributes) -> String {
-        RequestAttributes { service, own }.to_json_object()
+    fn attrs(pairs: &[(&str, AttrValue)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// The `kong.ctx.shared` object of a request: what its instance view writes, checked
+    /// against the layers it stands for.
+    fn json(config: &Config, service: &Attributes, own: &Attributes) -> String {
+        let view = InstanceView::new(config, service, None);
+        let out = view.json_object(own);
+        let layers = RequestAttributes {
+            service,
+            own,
+            instance: &view.attributes,
+        };
+        let parsed: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&out).expect("a JSON object");
+        assert_eq!(parsed.len(), layers.iter().count(), "{out}");
+        out
     }
 
     #[test]
-    fn a_requests_own_attributes_replace_the_services() {
-        let service = vec![("x".to_string(), s("1")), ("y".to_string(), s("2"))];
-        let own = vec![
-            ("y".to_string(), s("3")),
-            ("z".to_string(), AttrValue::Int(4)),
-        ];
-        let view = RequestAttributes {
+    fn each_layer_replaces_the_one_before_by_key() {
+        let service = attrs(&[
+            ("x", s("1")),
+            ("y", s("2")),
+            ("server.port", AttrValue::Int(1)),
+        ]);
+        let own = attrs(&[
+            ("y", s("3")),
+            ("server.port", AttrValue::Int(2)),
+            ("z", AttrValue::Int(4)),
+        ]);
+        let instance = attrs(&[("server.port", AttrValue::Int(3))]);
+        let layers = RequestAttributes {
             service: &service,
             own: &own,
+            instance: &instance,
         };
-        let seen: Vec<_> = view.iter().cloned().collect();
+        let seen: Vec<_> = layers.iter().cloned().collect();
         assert_eq!(
             seen,
-            vec![
-                ("x".to_string(), s("1")),
-                ("y".to_string(), s("3")),
-                ("z".to_string(), AttrValue::Int(4))
-            ]
+            attrs(&[
+                ("x", s("1")),
+                ("y", s("3")),
+                ("z", AttrValue::Int(4)),
+                ("server.port", AttrValue::Int(3))
+            ])
         );
-        assert_eq!(json(&service, &own), r#"{"x":"1","y":"3","z":4}"#);
+    }
+
+    #[test]
+    fn the_json_object_has_every_layer_once() {
+        let cfg = Config::default();
+        let service = attrs(&[
+            ("service.peer.name", s("echo")),
+            ("ui.component", s("from-service")),
+            ("consul.lookup", s("hit")),
+        ]);
+        let own = attrs(&[
+            ("ui.component", s("checkout")),
+            (LOOKUP_DURATION, AttrValue::Int(0)),
+            ("network.peer.port", AttrValue::Int(8080)),
+        ]);
+        assert_eq!(
+            json(&cfg, &service, &own),
+            r#"{"service.peer.name":"echo","consul.lookup":"hit","ui.component":"checkout","consul.lookup.duration_ms":0,"network.peer.port":8080}"#
+        );
+        // Without the baggage member, the service's value of a read key stays.
+        let without = attrs(&[(LOOKUP_DURATION, AttrValue::Int(3))]);
+        assert_eq!(
+            json(&cfg, &service, &without),
+            r#"{"service.peer.name":"echo","consul.lookup":"hit","ui.component":"from-service","consul.lookup.duration_ms":3}"#
+        );
+        assert_eq!(json(&cfg, &Vec::new(), &Vec::new()), "{}");
+        assert_eq!(json(&cfg, &service, &Vec::new()).matches(':').count(), 3);
+        assert_eq!(json(&cfg, &Vec::new(), &own).matches(':').count(), 3);
+    }
+
+    #[test]
+    fn the_instance_wins_over_the_request_and_the_service() {
+        let cfg = Config::default();
+        let i = instance("b", "10.0.0.2", 8080, "2.0", "us");
+        let service = attrs(&[("consul.service.meta.version", s("1.0,2.0"))]);
+        let view = InstanceView::new(&cfg, &service, Some(&i));
+        let own = attrs(&[
+            ("server.address", s("forged")),
+            (LOOKUP_DURATION, AttrValue::Int(1)),
+        ]);
+        let out: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&view.json_object(&own)).expect("a JSON object");
+        assert_eq!(out["server.address"], "10.0.0.2");
+        assert_eq!(out["consul.service.meta.version"], "2.0");
+        assert_eq!(out[LOOKUP_DURATION], 1);
+        assert_eq!(out.len(), view.attributes.len() + 1);
+        assert_eq!(view.headers.len(), 2);
     }
 
     #[test]
@@ -635,8 +774,11 @@ mod tests {
             ("a\"b".to_string(), s("line\nbreak\\")),
             ("n".to_string(), AttrValue::Int(-5)),
         ];
-        assert_eq!(json(&a, &Vec::new()), r#"{"a\"b":"line\nbreak\\","n":-5}"#);
-        assert_eq!(json(&Vec::new(), &Vec::new()), "{}");
+        let cfg = Config::default();
+        assert_eq!(
+            json(&cfg, &a, &Vec::new()),
+            r#"{"a\"b":"line\nbreak\\","n":-5}"#
+        );
     }
 
     #[test]
@@ -655,7 +797,7 @@ mod tests {
                 (input.to_string(), s(input)),
                 ("n".to_string(), AttrValue::Int(i64::MIN)),
             ];
-            let out = json(&attrs, &Vec::new());
+            let out = json(&Config::default(), &attrs, &Vec::new());
             let back: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&out).expect("a JSON object");
             assert_eq!(back.len(), 2, "{out}");

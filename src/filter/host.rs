@@ -146,26 +146,31 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Every request header, in order (a name can appear several times); pairs that are not
-/// UTF-8 are left out.
-pub fn request_headers() -> Vec<(String, String)> {
+/// The request's header map as the host serialised it, read in place.
+pub struct HeaderPairs {
+    bytes: Vec<u8>,
+}
+
+impl HeaderPairs {
+    /// Every header, in order (a name can appear several times); pairs that are not UTF-8
+    /// are left out.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        decode_pairs(&self.bytes)
+            .filter_map(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
+    }
+}
+
+/// Every request header, from one host call (empty if the host refuses).
+pub fn request_headers() -> HeaderPairs {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the host writes a pointer and a size to locations we own.
     let code = unsafe {
         abi::proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size)
     };
     let bytes = take_host_bytes(data, size);
-    if status(code).is_err() {
-        return Vec::new();
+    HeaderPairs {
+        bytes: status(code).map_or(Vec::new(), |()| bytes),
     }
-    decode_pairs(&bytes)
-        .filter_map(|(n, v)| {
-            Some((
-                String::from_utf8(n.to_vec()).ok()?,
-                String::from_utf8(v.to_vec()).ok()?,
-            ))
-        })
-        .collect()
 }
 
 /// The ABI's serialised header map: a u32 count, then a (name size, value size) u32 pair

@@ -1,5 +1,6 @@
 //! The HTTP context: reads the request, decides, and writes what `enrich` computed.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -7,12 +8,12 @@ use proxy_wasm::types::{Action, MapType};
 
 use super::host;
 use super::lookup::MissOutcome;
-use super::{Counter, RequestState, Shared};
+use super::{Counter, RequestState, Shared, Target};
 use crate::cache::{decide, Lookup};
 use crate::config::{Config, HostKind};
 use crate::enrich::{self, concat};
 use crate::header_value::starts_with_ignore_case;
-use crate::service_name::{resolve, NameSources, ServiceTarget};
+use crate::service_name::{resolve, NameSources};
 use crate::trace_context::baggage::strip_members;
 use crate::trace_context::{Baggage, TraceParent};
 
@@ -48,7 +49,7 @@ fn log_invalid(shared: &Shared, what: &str, why: &str) {
 /// `wasm.` + its path, `Context::setProperty` in source/extensions/common/wasm/context.cc),
 /// which `envoy.yaml`'s custom tags read with `%FILTER_STATE(...:PLAIN)%` when the span is
 /// finalised, after the response.
-fn set_filter_state(attributes: &enrich::Attributes) {
+fn set_filter_state<'a>(attributes: impl Iterator<Item = &'a (String, enrich::AttrValue)>) {
     for (name, value) in attributes {
         let path = concat("consul_enricher.", name);
         if let Err(status) = host::set_property(&[&path], value.to_text().as_bytes()) {
@@ -91,19 +92,20 @@ impl Context for Http {
     }
 }
 
-/// What the filter reads of the incoming request headers, from one host call.
-struct Incoming {
-    traceparents: Vec<String>,
-    baggage_lines: Vec<String>,
+/// What the filter reads of the incoming request headers, borrowed from the one host
+/// call that returned them all.
+struct Incoming<'a> {
+    traceparents: Vec<&'a str>,
+    baggage_lines: Vec<&'a str>,
     /// The authority the client asked for: `:authority` on Envoy; on ngx_wasm_module
     /// `:authority` is built from the server block, the client's is the `host` header.
-    client_authority: Option<String>,
+    client_authority: Option<&'a str>,
     /// Headers under the filter's prefix: only the filter may write those.
-    forged: Vec<String>,
+    forged: Vec<&'a str>,
 }
 
-impl Incoming {
-    fn read(config: &Config) -> Incoming {
+impl<'a> Incoming<'a> {
+    fn read(config: &Config, headers: &'a host::HeaderPairs) -> Incoming<'a> {
         let prefix = &config.headers.prefix;
         let authority_header = match config.host {
             HostKind::Kong => "host",
@@ -115,14 +117,14 @@ impl Incoming {
             client_authority: None,
             forged: Vec::new(),
         };
-        for (name, value) in host::request_headers() {
+        for (name, value) in headers.iter() {
             if name.eq_ignore_ascii_case(authority_header) {
                 incoming.client_authority = Some(value);
             } else if name.eq_ignore_ascii_case("traceparent") {
                 incoming.traceparents.push(value);
             } else if name.eq_ignore_ascii_case("baggage") {
                 incoming.baggage_lines.push(value);
-            } else if starts_with_ignore_case(&name, prefix) {
+            } else if starts_with_ignore_case(name, prefix) {
                 incoming.forged.push(name);
             }
         }
@@ -159,11 +161,15 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
             remove_request_header(kong, name);
         }
     }
-    let joined = incoming.baggage_lines.join(",");
+    let joined = match incoming.baggage_lines[..] {
+        [] => Cow::Borrowed(""),
+        [one] => Cow::Borrowed(one),
+        _ => Cow::Owned(incoming.baggage_lines.join(",")),
+    };
     let (kept, removed) = if strip {
         strip_members(&joined, BAGGAGE_NAMESPACE)
     } else {
-        (joined, 0)
+        (Cow::Borrowed(&*joined), 0)
     };
     if removed > 0 || incoming.baggage_lines.len() > 1 {
         if kept.is_empty() {
@@ -188,7 +194,7 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
 
 /// The request's trace context; absent, several or malformed `traceparent` headers leave
 /// it untouched (several are invalid by W3C Trace Context).
-fn read_trace(shared: &Shared, traceparents: &[String]) -> Option<TraceParent> {
+fn read_trace(shared: &Shared, traceparents: &[&str]) -> Option<TraceParent> {
     let value = match traceparents {
         [] => return None,
         [one] => one,
@@ -222,27 +228,30 @@ fn start_span(shared: &Shared, trace: Option<&TraceParent>) -> Option<[u8; 8]> {
     Some(id)
 }
 
-/// The host of the Kong service the route proxies to, as the operator configured it:
-/// Kong's Lua answers `kong.router.service` with the service entity as JSON
-/// (`kong/runloop/wasm.lua`, Kong 3.6+). An nginx without Kong's Lua (no `kong.version`
-/// either) answers NotFound; there `ngx.upstream_host` (the variable Kong's template
-/// declares, set by the operator) is read instead. With Kong it is never read: with
-/// `preserve_host` Kong sets it to the client's `Host`. Which of the two a worker has is
-/// learnt on its first request, so that every later one makes a single property call.
-fn kong_service_host(shared: &Shared) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct KongService {
-        host: Option<String>,
+/// What the gateway's own configuration names as this request's upstream, as the host
+/// reports it: on Kong the route's service, which Kong's Lua answers as
+/// `kong.router.service` with the service entity as JSON (`kong/runloop/wasm.lua`, Kong
+/// 3.6+), or on an nginx without Kong's Lua (no `kong.version` either; `kong.*` answers
+/// NotFound) the `ngx.upstream_host` variable the operator sets; on Envoy the route's
+/// cluster (`xds.cluster_name`). With Kong, `ngx.upstream_host` is never read: with
+/// `preserve_host` Kong sets it to the client's `Host`. Which of the two a Kong worker has
+/// is learnt on its first request, so that every later one makes a single property call.
+fn upstream_source(shared: &Shared) -> Option<UpstreamSource> {
+    let config = &shared.config;
+    match config.host {
+        HostKind::Kong if config.service.from_host => {}
+        HostKind::Envoy if config.service.from_cluster => {
+            return host::property(&["xds", "cluster_name"]).map(UpstreamSource::Cluster);
+        }
+        _ => return None,
     }
     if shared.kong_lua.get() == Some(false) {
-        return host::property(&["ngx", "upstream_host"]);
+        return host::property(&["ngx", "upstream_host"]).map(UpstreamSource::Host);
     }
     match host::property(&["kong", "router", "service"]) {
         Some(json) => {
             shared.kong_lua.set(Some(true));
-            serde_json::from_slice::<KongService>(json.as_bytes())
-                .ok()?
-                .host
+            Some(UpstreamSource::KongService(json))
         }
         None if shared.kong_lua.get().is_none() => {
             let kong_lua = host::property(&["kong", "version"]).is_some();
@@ -250,37 +259,100 @@ fn kong_service_host(shared: &Shared) -> Option<String> {
             if kong_lua {
                 None
             } else {
-                host::property(&["ngx", "upstream_host"])
+                host::property(&["ngx", "upstream_host"]).map(UpstreamSource::Host)
             }
         }
         None => None,
     }
 }
 
+/// A host property that names the upstream (see [`upstream_source`]).
+enum UpstreamSource {
+    KongService(String),
+    Host(String),
+    Cluster(String),
+}
+
+impl UpstreamSource {
+    fn text(&self) -> &str {
+        match self {
+            UpstreamSource::KongService(t)
+            | UpstreamSource::Host(t)
+            | UpstreamSource::Cluster(t) => t,
+        }
+    }
+
+    /// The Consul service this source names, by the configuration's rules.
+    fn resolve(&self, config: &Config) -> Option<Target> {
+        #[derive(serde::Deserialize)]
+        struct KongService {
+            host: Option<String>,
+        }
+        let kong_host;
+        let sources = match self {
+            UpstreamSource::KongService(json) => {
+                kong_host = serde_json::from_str::<KongService>(json).ok()?.host;
+                NameSources {
+                    upstream_host: kong_host.as_deref(),
+                    ..NameSources::default()
+                }
+            }
+            UpstreamSource::Host(host) => NameSources {
+                upstream_host: Some(host),
+                ..NameSources::default()
+            },
+            UpstreamSource::Cluster(cluster) => NameSources {
+                cluster: Some(cluster),
+                ..NameSources::default()
+            },
+        };
+        resolve(&config.service, sources).map(|t| Target::new(t, config))
+    }
+}
+
+/// Most host-reported upstreams whose resolution a worker keeps; beyond that it starts
+/// over (a gateway has as many as it has routes to Consul services).
+const MAX_TARGETS: usize = 1024;
+
 /// The Consul service (and datacenter) of this request, from the sources the
-/// configuration names; the client's authority only with `service.from_authority`.
-fn resolve_target(shared: &Shared, incoming: &Incoming) -> Option<ServiceTarget> {
+/// configuration names; the client's authority only with `service.from_authority`. What
+/// the host reported resolves the same way every time, so its answer is kept per worker
+/// and a request reads one property and one map entry; the client's authority is never
+/// kept (the client chooses it).
+fn resolve_target(shared: &Shared, incoming: &Incoming) -> Option<Rc<Target>> {
     let config = &shared.config;
-    let upstream_host = match config.host {
-        HostKind::Kong if config.service.from_host && config.service.name.is_empty() => {
-            kong_service_host(shared)
-        }
-        _ => None,
+    let source = if config.service.name.is_empty() {
+        upstream_source(shared)
+    } else {
+        None
     };
-    let cluster = match config.host {
-        HostKind::Envoy if config.service.from_cluster && config.service.name.is_empty() => {
-            host::property(&["xds", "cluster_name"])
+    let key = source.as_ref().map_or("", UpstreamSource::text);
+    let known = shared.state.borrow().targets.get(key).cloned();
+    let target = match known {
+        Some(target) => target,
+        None => {
+            let target = match &source {
+                Some(source) => source.resolve(config),
+                None => {
+                    resolve(&config.service, NameSources::default()).map(|t| Target::new(t, config))
+                }
+            }
+            .map(Rc::new);
+            let mut state = shared.state.borrow_mut();
+            if state.targets.len() >= MAX_TARGETS {
+                state.targets.clear();
+            }
+            state.targets.insert(key.to_string(), target.clone());
+            target
         }
-        _ => None,
     };
-    resolve(
-        &config.service,
-        NameSources {
-            upstream_host: upstream_host.as_deref(),
-            cluster: cluster.as_deref(),
-            authority: incoming.client_authority.as_deref(),
-        },
-    )
+    target.or_else(|| {
+        let authority = NameSources {
+            authority: incoming.client_authority,
+            ..NameSources::default()
+        };
+        resolve(&config.service, authority).map(|t| Rc::new(Target::new(t, config)))
+    })
 }
 
 impl HttpContext for Http {
@@ -292,7 +364,8 @@ impl HttpContext for Http {
         shared.metrics.count(Counter::Requests, 1);
         let start_nanos = host::now_nanos();
 
-        let incoming = Incoming::read(config);
+        let headers = host::request_headers();
+        let incoming = Incoming::read(config, &headers);
         let baggage = strip_incoming(&shared, &incoming);
         let trace = read_trace(&shared, &incoming.traceparents);
         let baggage_attributes = baggage
@@ -300,15 +373,11 @@ impl HttpContext for Http {
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
         let span_id = start_span(&shared, trace.as_ref());
-        let target = resolve_target(&shared, &incoming).map(|t| {
-            let id = t.cache_id(&config.consul.datacenter);
-            (t, id)
-        });
-        let wanted = target.clone();
+        let target = resolve_target(&shared, &incoming);
         shared.state.borrow_mut().requests.insert(
             self.id,
             RequestState {
-                target,
+                target: target.clone(),
                 trace,
                 span_id,
                 start_nanos,
@@ -318,9 +387,10 @@ impl HttpContext for Http {
                 entry: None,
                 attributes: Vec::new(),
                 service: None,
+                instance: None,
             },
         );
-        let Some((target, id)) = wanted else {
+        let Some(target) = target else {
             log::debug!("consul-enricher: no Consul service for this request");
             if config.headers.request {
                 let lookup = concat(&config.headers.prefix, "lookup");
@@ -329,16 +399,17 @@ impl HttpContext for Http {
             return Action::Continue;
         };
 
+        let (service, id) = (&target.service, target.id.as_str());
         let now = start_nanos / 1_000_000;
-        let entry = shared.entry_for_request(&id, now);
+        let entry = shared.entry_for_request(id, now);
         let lookup = decide(entry.as_deref(), now);
-        shared.note_use(&target, &id, lookup, now);
+        shared.note_use(service, id, lookup, now);
         if lookup == Lookup::Miss {
             let known = entry.is_some();
-            if let MissOutcome::Paused = shared.wait_for_lookup(self.id, &target, &id, known) {
+            if let MissOutcome::Paused = shared.wait_for_lookup(self.id, service, id, known) {
                 return Action::Pause;
             }
-            shared.apply(self.id, shared.read_entry(&id), Lookup::Backoff, now);
+            shared.apply(self.id, shared.read_entry(id), Lookup::Backoff, now);
             return Action::Continue;
         }
         shared.apply(self.id, entry, lookup, now);
@@ -368,26 +439,31 @@ impl HttpContext for Http {
             .entry
             .as_ref()
             .map_or(&[][..], |e| e.instances.as_slice());
-        let instance = peer
+        let index = peer
             .as_ref()
             .and_then(|p| enrich::match_instance(instances, p));
+        let view = match &req.service {
+            Some(service) => service.instance_view(config, instances, index),
+            None => Rc::new(enrich::InstanceView::new(config, &Vec::new(), None)),
+        };
         if config.headers.response {
-            let instance_headers = instance
-                .map(|i| enrich::instance_headers(config, i))
-                .unwrap_or_default();
-            let service_headers = req.service.as_ref().map_or(&[][..], |e| &e.headers[..]);
-            for (name, value) in service_headers.iter().chain(instance_headers.iter()) {
+            let service_headers = req
+                .service
+                .as_ref()
+                .map_or(&[][..], |s| &s.enrichment.headers[..]);
+            for (name, value) in service_headers.iter().chain(view.headers.iter()) {
                 host::set_header(MapType::HttpResponseHeaders, name, value);
             }
         }
-        let instance_attrs = enrich::for_instance(instance, peer.as_ref());
+        let peer_attributes = peer.as_ref().map(enrich::for_peer).unwrap_or_default();
         if config.host == HostKind::Envoy {
-            set_filter_state(&instance_attrs);
+            set_filter_state(peer_attributes.iter().chain(&view.attributes));
         }
-        enrich::merge(&mut req.attributes, instance_attrs);
+        req.attributes.extend(peer_attributes);
         if config.host == HostKind::Kong && config.kong_ctx_shared {
-            shared.write_kong_ctx(req.all_attributes());
+            shared.write_kong_ctx(&view, &req.attributes);
         }
+        req.instance = Some(view);
         Action::Continue
     }
 

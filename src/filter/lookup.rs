@@ -25,13 +25,13 @@ use hashbrown::HashMap;
 use proxy_wasm::types::{MapType, Status};
 
 use super::host;
-use super::{Call, Counter, Memo, Pending, Shared, Wanted, WorkerState};
+use super::{Call, Counter, Memo, Pending, ServiceView, Shared, Wanted, WorkerState};
 use crate::cache::{
     decide, decode_count, encode_count, encode_lease, lease_expiry, Entry, EntryStatus, Lookup,
 };
 use crate::config::{Config, ConsulEndpoint, HostKind};
 use crate::consul::{lookup_path, parse_catalog, parse_health, Catalog, CatalogError};
-use crate::enrich::{self, Attributes, Enrichment};
+use crate::enrich::{self, Attributes, InstanceView};
 use crate::service_name::ServiceTarget;
 
 /// Most services whose decoded entry and enrichment a worker keeps (about 2 KB each with
@@ -662,12 +662,20 @@ impl Shared {
         let Some(req) = requests.get_mut(&context_id) else {
             return;
         };
-        let Some((target, id)) = req.target.as_ref() else {
+        let Some(target) = req.target.as_ref() else {
             return;
         };
         let usable = matches!(lookup, Lookup::Hit | Lookup::Stale { .. } | Lookup::Miss);
         let entry = entry.filter(|_| usable);
-        let e = service_enrichment(&self.config, memo, &target.name, id, &entry, lookup);
+        let view = service_enrichment(
+            &self.config,
+            memo,
+            &target.service.name,
+            &target.id,
+            &entry,
+            lookup,
+        );
+        let e = &view.enrichment;
         if self.config.headers.request {
             for (name, value) in &e.headers {
                 host::set_header(MapType::HttpRequestHeaders, name, value);
@@ -679,7 +687,7 @@ impl Shared {
                 added |= baggage.append(k, v).is_ok();
             }
             if added {
-                host::set_header(MapType::HttpRequestHeaders, "baggage", &baggage.to_header());
+                host::set_header(MapType::HttpRequestHeaders, "baggage", baggage.as_header());
             }
         }
         if entry.is_some() {
@@ -689,13 +697,13 @@ impl Shared {
         let mut attributes = Attributes::with_capacity(req.baggage_attributes.len() + 12);
         attributes.append(&mut req.baggage_attributes);
         attributes.push((
-            "consul.lookup.duration_ms".to_string(),
+            enrich::LOOKUP_DURATION.to_string(),
             enrich::AttrValue::Int(
                 i64::try_from(now.saturating_sub(req.lookup_started_ms)).unwrap_or(i64::MAX),
             ),
         ));
         req.attributes = attributes;
-        req.service = Some(e);
+        req.service = Some(view);
         req.entry = entry;
     }
 }
@@ -718,7 +726,7 @@ fn service_enrichment(
     id: &str,
     entry: &Option<Rc<Entry>>,
     lookup: Lookup,
-) -> Rc<Enrichment> {
+) -> Rc<ServiceView> {
     let label = lookup.label();
     let memo = memo
         .get_mut(id)
@@ -729,7 +737,9 @@ fn service_enrichment(
         }
     }
     let instances = entry.as_ref().map_or(&[][..], |e| &e.instances[..]);
-    let e = Rc::new(enrich::for_service(config, service, instances, lookup));
+    let e = Rc::new(ServiceView::new(enrich::for_service(
+        config, service, instances, lookup,
+    )));
     if let Some(m) = memo {
         m.service = Some((label, Rc::clone(&e)));
     }
@@ -743,11 +753,11 @@ impl Shared {
     /// `kong` namespace, ngx_wasm_module keeps the value for the request itself:
     /// `ngx_proxy_wasm_properties_set` in `ngx_proxy_wasm_properties.c`) is told once per
     /// worker, and not asked again.
-    pub fn write_kong_ctx(&self, attributes: enrich::RequestAttributes<'_>) {
+    pub fn write_kong_ctx(&self, instance: &InstanceView, own: &Attributes) {
         if !self.kong_ctx_writable.get() {
             return;
         }
-        let value = attributes.to_json_object();
+        let value = instance.json_object(own);
         if let Err(status) = host::set_property(
             &["kong", "ctx", "shared", "consul_enricher"],
             value.as_bytes(),

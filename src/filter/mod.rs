@@ -20,7 +20,8 @@ use proxy_wasm::types::LogLevel;
 
 use crate::cache::{Entry, Lookup};
 use crate::config::Config;
-use crate::enrich::{Attributes, Enrichment, RequestAttributes};
+use crate::consul::Instance;
+use crate::enrich::{Attributes, Enrichment, InstanceView, RequestAttributes};
 use crate::service_name::ServiceTarget;
 use crate::span::{SpanIds, SpanRecord};
 use crate::trace_context::{Baggage, TraceParent};
@@ -119,10 +120,22 @@ impl Metrics {
     }
 }
 
+/// A Consul service a request goes to, and its cache id (`ServiceTarget::cache_id`).
+pub struct Target {
+    pub service: ServiceTarget,
+    pub id: String,
+}
+
+impl Target {
+    pub fn new(service: ServiceTarget, config: &Config) -> Target {
+        let id = service.cache_id(&config.consul.datacenter);
+        Target { service, id }
+    }
+}
+
 /// What the filter knows about one request between its callbacks.
 pub struct RequestState {
-    /// The Consul service of this request and its cache id (`ServiceTarget::cache_id`).
-    pub target: Option<(ServiceTarget, String)>,
+    pub target: Option<Rc<Target>>,
     pub trace: Option<TraceParent>,
     /// Our span id when this request is traced by the filter's own span.
     pub span_id: Option<[u8; 8]>,
@@ -135,21 +148,65 @@ pub struct RequestState {
     pub lookup_started_ms: u64,
     pub entry: Option<Rc<Entry>>,
     /// This request's own attributes (baggage values read, lookup duration, then the
-    /// serving instance's); with the service's, in `service`, they are what the span and
+    /// peer address); with the service's and the instance's they are what the span and
     /// `kong.ctx.shared` get ([`RequestAttributes`]).
     pub attributes: Attributes,
     /// The service-level enrichment applied (its headers are repeated on the response with
     /// `headers.response`).
-    pub service: Option<Rc<Enrichment>>,
+    pub service: Option<Rc<ServiceView>>,
+    /// The serving instance's values, once the response said which it is.
+    pub instance: Option<Rc<InstanceView>>,
 }
 
 impl RequestState {
     pub fn all_attributes(&self) -> RequestAttributes<'_> {
         static NONE: Attributes = Vec::new();
         RequestAttributes {
-            service: self.service.as_ref().map_or(&NONE, |e| &e.attributes),
+            service: self
+                .service
+                .as_ref()
+                .map_or(&NONE, |s| &s.enrichment.attributes),
             own: &self.attributes,
+            instance: self.instance.as_ref().map_or(&NONE, |i| &i.attributes),
         }
+    }
+}
+
+/// A service-level enrichment as the requests served from one cache entry share it, with
+/// the instance views computed from it so far: one per instance a response matched, and
+/// one for no match (at most `consul.max_instances` + 1).
+pub struct ServiceView {
+    pub enrichment: Enrichment,
+    instances: RefCell<Vec<(Option<usize>, Rc<InstanceView>)>>,
+}
+
+impl ServiceView {
+    pub fn new(enrichment: Enrichment) -> ServiceView {
+        ServiceView {
+            enrichment,
+            instances: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The view of `instances[index]` (the entry this enrichment was computed from), or of
+    /// no instance.
+    pub fn instance_view(
+        &self,
+        config: &Config,
+        instances: &[Instance],
+        index: Option<usize>,
+    ) -> Rc<InstanceView> {
+        if let Some((_, view)) = self.instances.borrow().iter().find(|(i, _)| *i == index) {
+            return Rc::clone(view);
+        }
+        let instance = index.and_then(|i| instances.get(i));
+        let view = Rc::new(InstanceView::new(
+            config,
+            &self.enrichment.attributes,
+            instance,
+        ));
+        self.instances.borrow_mut().push((index, Rc::clone(&view)));
+        view
     }
 }
 
@@ -189,7 +246,7 @@ pub struct Memo {
     /// When shared data last showed this entry.
     pub checked_ms: u64,
     pub entry: Rc<Entry>,
-    pub service: Option<(&'static str, Rc<Enrichment>)>,
+    pub service: Option<(&'static str, Rc<ServiceView>)>,
 }
 
 /// A service this worker wants refreshed or watched.
@@ -215,6 +272,9 @@ pub struct WorkerState {
     /// tick removes them from shared data once expired, so invented names cannot fill it.
     pub negative_written: VecDeque<(String, u64)>,
     pub memo: HashMap<String, Memo>,
+    /// What each host-reported upstream resolved to (`http::resolve_target`), by the
+    /// property's text.
+    pub targets: HashMap<String, Option<Rc<Target>>>,
     pub spans: VecDeque<SpanRecord>,
     pub span_ids: SpanIds,
     pub last_flush_ms: u64,

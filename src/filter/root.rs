@@ -73,6 +73,7 @@ impl RootContext for Root {
                 refresh_wanted: HashMap::new(),
                 negative_written: VecDeque::new(),
                 memo: HashMap::new(),
+                targets: HashMap::new(),
                 spans: VecDeque::new(),
                 span_ids: SpanIds::new(seed),
                 last_flush_ms: host::now_ms(),

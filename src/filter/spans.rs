@@ -16,7 +16,7 @@ impl Shared {
         let name = match &req.target {
             Some(t) => {
                 let mut n = String::from("consul-enricher ");
-                n.push_str(&t.0.name);
+                n.push_str(&t.service.name);
                 n
             }
             None => String::from("consul-enricher"),

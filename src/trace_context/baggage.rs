@@ -3,6 +3,8 @@
 //! Members are kept as the caller wrote them (surrounding whitespace trimmed), so a header
 //! the filter adds to still carries every caller member byte for byte and in order.
 
+use std::borrow::Cow;
+
 use super::traceparent::lower_hex_value;
 use super::{is_ows, trim_ows};
 use crate::header_value::{is_token, push_percent_encoded, starts_with_ignore_case};
@@ -12,30 +14,21 @@ pub const MAX_MEMBERS: usize = 64;
 /// The most bytes the filter writes into one `baggage` header.
 pub const MAX_BYTES: usize = 8192;
 
-/// One list-member: its text, and where its key and value are in that text.
+/// Where one list-member is in the header text: the member, its key and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Member {
-    text: String,
+    start: usize,
     key_end: usize,
     value_start: usize,
     value_end: usize,
 }
 
-impl Member {
-    fn key(&self) -> &str {
-        self.text.get(..self.key_end).unwrap_or_default()
-    }
-
-    fn raw_value(&self) -> &str {
-        self.text
-            .get(self.value_start..self.value_end)
-            .unwrap_or_default()
-    }
-}
-
-/// A valid `baggage` header.
+/// A valid `baggage` header, kept as the text the filter writes (its members, trimmed,
+/// joined by `,`) with the position of each member, so that reading, appending and
+/// writing it allocate once, not once per member.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Baggage {
+    text: String,
     members: Vec<Member>,
 }
 
@@ -84,7 +77,8 @@ fn is_property(property: &str) -> bool {
 }
 
 /// `list-member = key OWS "=" OWS value *( OWS ";" OWS property )`, with the member's
-/// surrounding OWS already trimmed (so the key starts at offset 0).
+/// surrounding OWS already trimmed (so the key starts at offset 0); the member's offsets
+/// are relative to its own text.
 fn parse_member(text: &str) -> Result<Member, BaggageError> {
     let mut parts = text.split(';');
     let key_value = parts.next().unwrap_or_default();
@@ -105,7 +99,7 @@ fn parse_member(text: &str) -> Result<Member, BaggageError> {
     let leading_ows = raw_value.len() - raw_value.trim_start_matches(is_ows).len();
     let value_start = raw_key.len() + 1 + leading_ows;
     Ok(Member {
-        text: text.to_string(),
+        start: 0,
         key_end: key.len(),
         value_start,
         value_end: value_start + value.len(),
@@ -137,26 +131,43 @@ fn percent_decode(raw: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Percent-encodes every byte that is not a `baggage-octet`, and `%` itself.
+/// Percent-encodes every byte that is not a `baggage-octet`, and `%` itself; runs of
+/// plain bytes are copied whole.
 fn percent_encode(value: &str, out: &mut String) {
-    for b in value.bytes() {
-        if is_baggage_octet(b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            push_percent_encoded(out, b);
+    let plain = |b: u8| is_baggage_octet(b) && b != b'%';
+    let bytes = value.as_bytes();
+    let mut run_start = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        if plain(b) {
+            continue;
         }
+        // A run is ASCII and ends before this byte, so both ends are character boundaries.
+        out.push_str(value.get(run_start..at).unwrap_or_default());
+        push_percent_encoded(out, b);
+        run_start = at + 1;
     }
+    out.push_str(value.get(run_start..).unwrap_or_default());
 }
 
 /// The `baggage` value without the list-members whose key starts with `prefix` (ASCII
 /// case-insensitively), and how many were removed. Works on any value, valid or not: no key
-/// or value may contain `,`, so the members kept are kept byte for byte.
-pub fn strip_members(value: &str, prefix: &str) -> (String, usize) {
+/// or value may contain `,`, so the members kept are kept byte for byte (trimmed, empty
+/// ones dropped). A value with nothing to remove or trim is returned as it is.
+pub fn strip_members<'a>(value: &'a str, prefix: &str) -> (Cow<'a, str>, usize) {
+    let removable = |member: &str| {
+        let key = trim_ows(member.split(['=', ';']).next().unwrap_or_default());
+        starts_with_ignore_case(key, prefix)
+    };
+    let untouched = value
+        .split(',')
+        .all(|m| !m.is_empty() && trim_ows(m).len() == m.len() && !removable(m));
+    if untouched || value.is_empty() {
+        return (Cow::Borrowed(value), 0);
+    }
     let mut kept = String::with_capacity(value.len());
     let mut removed = 0;
     for member in value.split(',') {
-        let key = trim_ows(member.split(['=', ';']).next().unwrap_or_default());
-        if starts_with_ignore_case(key, prefix) {
+        if removable(member) {
             removed += 1;
             continue;
         }
@@ -168,7 +179,7 @@ pub fn strip_members(value: &str, prefix: &str) -> (String, usize) {
         }
         kept.push_str(trim_ows(member));
     }
-    (kept, removed)
+    (Cow::Owned(kept), removed)
 }
 
 impl Baggage {
@@ -177,21 +188,45 @@ impl Baggage {
     /// one). Any malformed member makes the whole header invalid. A header beyond 64
     /// members or 8192 bytes still parses: it is passed on whole, only `append` refuses.
     pub fn parse(value: &str) -> Result<Baggage, BaggageError> {
-        let members = value
-            .split(',')
-            .map(trim_ows)
-            .filter(|m| !m.is_empty())
-            .map(parse_member)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Baggage { members })
+        let mut baggage = Baggage {
+            text: String::with_capacity(value.len()),
+            members: Vec::new(),
+        };
+        for text in value.split(',').map(trim_ows).filter(|m| !m.is_empty()) {
+            let member = parse_member(text)?;
+            baggage.push(text, member);
+        }
+        Ok(baggage)
+    }
+
+    /// Adds a member (offsets relative to `text`) after the others.
+    fn push(&mut self, text: &str, member: Member) {
+        if !self.text.is_empty() {
+            self.text.push(',');
+        }
+        let start = self.text.len();
+        self.text.push_str(text);
+        self.members.push(Member {
+            start,
+            key_end: start + member.key_end,
+            value_start: start + member.value_start,
+            value_end: start + member.value_end,
+        });
+    }
+
+    fn key(&self, m: &Member) -> &str {
+        self.text.get(m.start..m.key_end).unwrap_or_default()
     }
 
     /// The percent-decoded value of the first member with `key`.
     pub fn get(&self, key: &str) -> Option<String> {
-        self.members
-            .iter()
-            .find(|m| m.key() == key)
-            .map(|m| percent_decode(m.raw_value()))
+        self.members.iter().find(|m| self.key(m) == key).map(|m| {
+            percent_decode(
+                self.text
+                    .get(m.value_start..m.value_end)
+                    .unwrap_or_default(),
+            )
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -202,10 +237,9 @@ impl Baggage {
         self.members.is_empty()
     }
 
-    /// Length in bytes of `to_header()`.
+    /// Length in bytes of `as_header()`.
     pub fn header_len(&self) -> usize {
-        let separators = self.members.len().saturating_sub(1);
-        self.members.iter().map(|m| m.text.len()).sum::<usize>() + separators
+        self.text.len()
     }
 
     /// Adds `key=value` (the value percent-encoded) after the existing members. Refused,
@@ -215,39 +249,37 @@ impl Baggage {
         if !is_token(key) {
             return Err(BaggageError::InvalidKey);
         }
-        if self.members.iter().any(|m| m.key() == key) {
+        if self.members.iter().any(|m| self.key(m) == key) {
             return Err(BaggageError::KeyExists);
         }
         if self.members.len() >= MAX_MEMBERS {
             return Err(BaggageError::TooManyMembers);
         }
-        let mut text = String::with_capacity(key.len() + 1 + value.len());
-        text.push_str(key);
-        text.push('=');
-        percent_encode(value, &mut text);
+        let before = self.text.len();
         let separator = usize::from(!self.members.is_empty());
-        if self.header_len() + separator + text.len() > MAX_BYTES {
+        if separator == 1 {
+            self.text.push(',');
+        }
+        let start = self.text.len();
+        self.text.push_str(key);
+        self.text.push('=');
+        percent_encode(value, &mut self.text);
+        if self.text.len() > MAX_BYTES {
+            self.text.truncate(before);
             return Err(BaggageError::TooLarge);
         }
         self.members.push(Member {
-            key_end: key.len(),
-            value_start: key.len() + 1,
-            value_end: text.len(),
-            text,
+            start,
+            key_end: start + key.len(),
+            value_start: start + key.len() + 1,
+            value_end: self.text.len(),
         });
         Ok(())
     }
 
     /// The header value: the members joined by `,`.
-    pub fn to_header(&self) -> String {
-        let mut out = String::with_capacity(self.header_len());
-        for member in &self.members {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            out.push_str(&member.text);
-        }
-        out
+    pub fn as_header(&self) -> &str {
+        &self.text
     }
 }
 
@@ -274,10 +306,10 @@ mod tests {
         assert_eq!(b.get("key2").as_deref(), Some("value2"));
         assert_eq!(b.get("key3").as_deref(), Some("value3"));
         assert_eq!(
-            b.to_header(),
+            b.as_header(),
             "key1=value1;property1;property2,key2 = value2,key3=value3; propertyKey=propertyValue"
         );
-        assert_eq!(b.header_len(), b.to_header().len());
+        assert_eq!(b.header_len(), b.as_header().len());
     }
 
     #[test]
@@ -285,7 +317,7 @@ mod tests {
         let b = Baggage::parse("\t userId =   alice \t,serverNode\t=\tDF%2028 ").unwrap();
         assert_eq!(b.get("userId").as_deref(), Some("alice"));
         assert_eq!(b.get("serverNode").as_deref(), Some("DF 28"));
-        assert_eq!(b.to_header(), "userId =   alice,serverNode\t=\tDF%2028");
+        assert_eq!(b.as_header(), "userId =   alice,serverNode\t=\tDF%2028");
     }
 
     #[test]
@@ -293,10 +325,10 @@ mod tests {
         for value in ["", " ", ",", " ,\t, "] {
             let b = Baggage::parse(value).unwrap();
             assert!(b.is_empty(), "{value:?}");
-            assert_eq!(b.to_header(), "");
+            assert_eq!(b.as_header(), "");
             assert_eq!(b.header_len(), 0);
         }
-        assert_eq!(Baggage::parse("a=1,,b=2,").unwrap().to_header(), "a=1,b=2");
+        assert_eq!(Baggage::parse("a=1,,b=2,").unwrap().as_header(), "a=1,b=2");
     }
 
     #[test]
@@ -306,7 +338,7 @@ mod tests {
         assert_eq!(b.len(), 3);
         assert_eq!(b.get("isProduction").as_deref(), Some("false"));
         assert_eq!(
-            b.to_header(),
+            b.as_header(),
             "userId=alice,serverNode=DF%2028,isProduction=false"
         );
     }
@@ -323,7 +355,7 @@ mod tests {
         let value = "k=v;p1;p2=x;p3 = y ; p4 ";
         let b = Baggage::parse(value).unwrap();
         assert_eq!(b.get("k").as_deref(), Some("v"));
-        assert_eq!(b.to_header(), "k=v;p1;p2=x;p3 = y ; p4");
+        assert_eq!(b.as_header(), "k=v;p1;p2=x;p3 = y ; p4");
         for bad in [
             "k=v;",
             "k=v;;p",
@@ -369,7 +401,7 @@ mod tests {
             .collect();
         assert_eq!(octets.len(), 94 - 4);
         let b = Baggage::parse(&format!("k={octets}")).unwrap();
-        assert_eq!(b.to_header(), format!("k={octets}"));
+        assert_eq!(b.as_header(), format!("k={octets}"));
     }
 
     #[test]
@@ -380,7 +412,7 @@ mod tests {
         assert_eq!(b.get("pct").as_deref(), Some("100%"));
         assert_eq!(b.get("K"), None);
         assert_eq!(
-            b.to_header(),
+            b.as_header(),
             "k=Z%C3%BCrich,k=second,lower=%c3%bc,pct=100%25"
         );
     }
@@ -410,14 +442,14 @@ mod tests {
         for value in samples {
             let mut b = Baggage::default();
             b.append("k", value).unwrap();
-            let header = b.to_header();
+            let header = b.as_header().to_string();
             let reparsed = Baggage::parse(&header).unwrap();
             assert_eq!(reparsed.get("k").as_deref(), Some(value), "{header}");
             assert_eq!(b.get("k").as_deref(), Some(value));
         }
         let mut b = Baggage::default();
         b.append("k", "a b,c;d%é").unwrap();
-        assert_eq!(b.to_header(), "k=a%20b%2Cc%3Bd%25%C3%A9");
+        assert_eq!(b.as_header(), "k=a%20b%2Cc%3Bd%25%C3%A9");
     }
 
     #[test]
@@ -427,7 +459,7 @@ mod tests {
         b.append("consul.service", "echo").unwrap();
         b.append("consul.service.meta.version", "1.4.2").unwrap();
         assert_eq!(
-            b.to_header(),
+            b.as_header(),
             "z=1;prop,a = 2,m=%E2%9C%93;x=y,consul.service=echo,consul.service.meta.version=1.4.2"
         );
         assert_eq!(b.get("consul.service").as_deref(), Some("echo"));
@@ -437,7 +469,7 @@ mod tests {
     fn append_to_empty_baggage_has_no_leading_comma() {
         let mut b = Baggage::parse("").unwrap();
         b.append("consul.service", "echo").unwrap();
-        assert_eq!(b.to_header(), "consul.service=echo");
+        assert_eq!(b.as_header(), "consul.service=echo");
     }
 
     #[test]
@@ -447,7 +479,7 @@ mod tests {
             b.append("consul.service", "ours"),
             Err(BaggageError::KeyExists)
         );
-        assert_eq!(b.to_header(), "consul.service = theirs");
+        assert_eq!(b.as_header(), "consul.service = theirs");
         assert_eq!(b.get("consul.service").as_deref(), Some("theirs"));
     }
 
@@ -465,9 +497,9 @@ mod tests {
         let mut b = Baggage::parse(&members(63)).unwrap();
         b.append("last", "v").unwrap();
         assert_eq!(b.len(), 64);
-        let before = b.to_header();
+        let before = b.as_header().to_string();
         assert_eq!(b.append("one.more", "v"), Err(BaggageError::TooManyMembers));
-        assert_eq!(b.to_header(), before);
+        assert_eq!(b.as_header(), before);
     }
 
     #[test]
@@ -479,7 +511,7 @@ mod tests {
             b.append("consul.service", "echo"),
             Err(BaggageError::TooManyMembers)
         );
-        assert_eq!(b.to_header(), many);
+        assert_eq!(b.as_header(), many);
 
         let big = format!("big={}", "x".repeat(9000));
         let mut b = Baggage::parse(&big).unwrap();
@@ -487,7 +519,7 @@ mod tests {
             b.append("consul.service", "echo"),
             Err(BaggageError::TooLarge)
         );
-        assert_eq!(b.to_header(), big);
+        assert_eq!(b.as_header(), big);
     }
 
     #[test]
@@ -497,7 +529,7 @@ mod tests {
         let mut b = Baggage::parse(&format!("fill={}", "x".repeat(n))).unwrap();
         b.append("k", "v").unwrap();
         assert_eq!(b.header_len(), MAX_BYTES);
-        assert_eq!(b.to_header().len(), MAX_BYTES);
+        assert_eq!(b.as_header().len(), MAX_BYTES);
 
         let mut b = Baggage::parse(&format!("fill={}", "x".repeat(n + 1))).unwrap();
         assert_eq!(b.append("k", "v"), Err(BaggageError::TooLarge));
@@ -537,14 +569,19 @@ mod tests {
             "ui.component=form,consul.service=admin, Consul.Service.Meta.version=evil;p,x=1",
             "consul.",
         );
-        assert_eq!((kept.as_str(), n), ("ui.component=form,x=1", 2));
+        assert_eq!((&*kept, n), ("ui.component=form,x=1", 2));
         let (kept, n) = strip_members("bad member,consul.x=1,,y=2", "consul.");
-        assert_eq!((kept.as_str(), n), ("bad member,y=2", 1));
-        assert_eq!(strip_members("", "consul."), (String::new(), 0));
-        assert_eq!(
-            strip_members("consulx=1", "consul."),
-            ("consulx=1".to_string(), 0)
-        );
+        assert_eq!((&*kept, n), ("bad member,y=2", 1));
+        let (kept, n) = strip_members(" a=1 ,, b=2", "consul.");
+        assert_eq!((&*kept, n), ("a=1,b=2", 0));
+        for untouched in ["", "consulx=1", "a=1,b=2;p"] {
+            let (kept, n) = strip_members(untouched, "consul.");
+            assert!(
+                matches!(kept, Cow::Borrowed(v) if v == untouched),
+                "{untouched:?}"
+            );
+            assert_eq!(n, 0);
+        }
     }
 
     #[test]
@@ -553,10 +590,10 @@ mod tests {
         b.append("consul.service.meta.region", "Zürich 100%")
             .unwrap();
         assert_eq!(
-            b.to_header(),
+            b.as_header(),
             "consul.service.meta.region=Z%C3%BCrich%20100%25"
         );
-        let parsed = Baggage::parse(&b.to_header()).unwrap();
+        let parsed = Baggage::parse(b.as_header()).unwrap();
         assert_eq!(
             parsed.get("consul.service.meta.region").as_deref(),
             Some("Zürich 100%")

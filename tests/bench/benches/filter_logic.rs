@@ -90,7 +90,7 @@ fn enrichment(c: &mut Criterion) {
             for (k, v) in &e.baggage {
                 let _ = baggage.append(k, v);
             }
-            baggage.to_header()
+            baggage.as_header().len()
         })
     });
     group.finish();

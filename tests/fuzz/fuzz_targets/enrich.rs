@@ -9,10 +9,10 @@
 
 use consul_enricher::cache::Lookup;
 use consul_enricher::config::{Config, ConsulConfig};
-use consul_enricher::consul::parse_catalog;
+use consul_enricher::consul::{parse_catalog, Instance};
 use consul_enricher::enrich::{
-    baggage_attributes, for_instance, for_service, instance_headers, match_instance,
-    AttrValue, Attributes, Peer, RequestAttributes, MAX_VALUE_LEN,
+    baggage_attributes, for_peer, for_service, instance_headers, match_instance, AttrValue,
+    Attributes, InstanceView, Peer, RequestAttributes, MAX_VALUE_LEN,
 };
 use consul_enricher::trace_context::{Baggage, BaggageError};
 use consul_enricher_fuzz::{assert_clean_value, assert_token, object_members, text_fields};
@@ -26,10 +26,16 @@ const LOOKUPS: [Lookup; 5] = [
     Lookup::Miss,
 ];
 
-/// A request's attributes: the service's and its own, each clean, and as one JSON object
-/// every attribute of the view exactly.
-fn assert_clean_attributes(service: &Attributes, own: &Attributes) {
-    for (key, value) in service.iter().chain(own) {
+/// A request's attributes: the service's, its own and its instance's, each clean, and the
+/// instance view's JSON object every attribute of the layers exactly once.
+fn assert_clean_attributes(
+    config: &Config,
+    service: &Attributes,
+    own: &Attributes,
+    instance: Option<&Instance>,
+) {
+    let view = InstanceView::new(config, service, instance);
+    for (key, value) in service.iter().chain(own).chain(&view.attributes) {
         assert!(!key.is_empty());
         // Attributes carry Consul's text itself (UTF-8 kept), never a control character.
         if let AttrValue::Str(s) = value {
@@ -38,19 +44,26 @@ fn assert_clean_attributes(service: &Attributes, own: &Attributes) {
             assert!(!s.starts_with(' ') && !s.ends_with(' '), "{key}: {s:?}");
         }
     }
-    let view = RequestAttributes { service, own };
-    let Some(members) = object_members(&view.to_json_object()) else {
+    let layers = RequestAttributes {
+        service,
+        own,
+        instance: &view.attributes,
+    };
+    let Some(members) = object_members(&view.json_object(own)) else {
         panic!("attributes are not a JSON object");
     };
-    let attrs: Vec<_> = view.iter().collect();
+    let attrs: Vec<_> = layers.iter().collect();
     assert_eq!(members.len(), attrs.len());
-    for ((key, value), (written_key, written)) in attrs.iter().zip(&members) {
-        assert_eq!(key, written_key);
-        match value {
-            AttrValue::Str(s) => assert_eq!(written, s),
-            AttrValue::Int(n) => assert_eq!(written, n),
-            AttrValue::List(items) => assert_eq!(written, &serde_json::json!(items)),
-        }
+    for (key, value) in attrs {
+        let expected = match value {
+            AttrValue::Str(s) => serde_json::json!(s),
+            AttrValue::Int(n) => serde_json::json!(n),
+            AttrValue::List(items) => serde_json::json!(items),
+        };
+        assert!(
+            members.iter().any(|(k, v)| k == key && *v == expected),
+            "{key} not written as {expected}"
+        );
     }
 }
 
@@ -77,7 +90,8 @@ fuzz_target!(|input: &[u8]| {
 
     let e = for_service(&config, service, instances, lookup);
     if let Some(caller) = &caller {
-        assert_clean_attributes(&Vec::new(), &baggage_attributes(caller, &config.baggage.read_keys));
+        let own = baggage_attributes(caller, &config.baggage.read_keys);
+        assert_clean_attributes(&config, &e.attributes, &own, None);
     }
     for (name, value) in &e.headers {
         assert_token("header name", name);
@@ -93,27 +107,31 @@ fuzz_target!(|input: &[u8]| {
         );
         assert!(value.len() <= MAX_VALUE_LEN);
     }
-    assert_clean_attributes(&e.attributes, &Vec::new());
+    assert_clean_attributes(&config, &e.attributes, &Vec::new(), None);
 
     if let Some(mut baggage) = caller {
-        let written = baggage.to_header();
+        let written = baggage.as_header().to_string();
         for (key, value) in &e.baggage {
             if let Err(err) = baggage.append(key, value) {
                 assert_ne!(err, BaggageError::InvalidKey);
             }
         }
-        let after = baggage.to_header();
+        let after = baggage.as_header().to_string();
         assert!(after.starts_with(&written), "caller members changed");
         assert_eq!(Baggage::parse(&after), Ok(baggage));
     }
 
     let peer = Peer::parse(upstream, None);
-    let used = peer.as_ref().and_then(|p| match_instance(instances, p));
+    let used = peer
+        .as_ref()
+        .and_then(|p| match_instance(instances, p))
+        .and_then(|at| instances.get(at));
     if let Some(i) = used {
         for (name, value) in instance_headers(&config, i) {
             assert_token("header name", &name);
             assert_clean_value(&name, &value, MAX_VALUE_LEN);
         }
     }
-    assert_clean_attributes(&e.attributes, &for_instance(used, peer.as_ref()));
+    let own = peer.as_ref().map(for_peer).unwrap_or_default();
+    assert_clean_attributes(&config, &e.attributes, &own, used);
 });

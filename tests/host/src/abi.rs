@@ -52,7 +52,9 @@ pub(crate) fn read_bytes(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec
 }
 
 fn read_string(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String> {
-    Ok(String::from_utf8_lossy(&read_bytes(caller, ptr, len)?).into_owned())
+    let bytes = read_bytes(caller, ptr, len)?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()))
 }
 
 pub(crate) fn write_bytes(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> Result<()> {
@@ -178,9 +180,15 @@ fn map_mut<'a>(state: &'a mut WorkerState, map: &MapRef) -> Option<&'a mut Vec<(
     }
 }
 
-fn read_map(state: &mut WorkerState, map_type: i32) -> Option<Vec<(String, String)>> {
+/// What `read` makes of a header map (an absent one reads as empty); None when the map
+/// does not exist here.
+fn read_map<T>(
+    state: &mut WorkerState,
+    map_type: i32,
+    read: impl FnOnce(&[(String, String)]) -> T,
+) -> Option<T> {
     let map = map_ref(state, map_type)?;
-    Some(map_mut(state, &map).map(|m| m.clone()).unwrap_or_default())
+    Some(read(map_mut(state, &map).map_or(&[][..], |m| &m[..])))
 }
 
 /// Applies `edit` to a header map; NOT_FOUND when the map does not exist here.
@@ -243,10 +251,9 @@ fn kong_set_request_header(
 }
 
 fn property_path(raw: &[u8]) -> String {
-    raw.split(|b| *b == 0)
-        .map(|segment| String::from_utf8_lossy(segment).into_owned())
-        .collect::<Vec<_>>()
-        .join(".")
+    let dotted: Vec<u8> = raw.iter().map(|&b| if b == 0 { b'.' } else { b }).collect();
+    String::from_utf8(dotted)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 const KONG_CTX_SHARED: &str = "kong.ctx.shared.";
@@ -259,11 +266,13 @@ const KONG_CTX_SHARED: &str = "kong.ctx.shared.";
 fn foreign_namespace(state: &WorkerState, path: &str) -> bool {
     match state.shared.flavour {
         Flavour::Kong => {
-            let host_prefix = format!("{}.", state.shared.property_namespace);
+            let in_host_namespace = path
+                .strip_prefix(state.shared.property_namespace.as_str())
+                .is_some_and(|rest| rest.starts_with('.'));
             ["xds.", "node.", "plugin_"]
                 .iter()
                 .any(|p| path.starts_with(p))
-                || (path.starts_with("kong.") && !path.starts_with(&host_prefix))
+                || (path.starts_with("kong.") && !in_host_namespace)
         }
         Flavour::Envoy => ["kong.", "ngx."].iter().any(|p| path.starts_with(p)),
     }
@@ -528,10 +537,10 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Ctx<'_>, map_type: i32, data_out: i32, size_out: i32| -> Result<i32> {
-            let Some(pairs) = read_map(c.data_mut(), map_type) else {
+            let Some(encoded) = read_map(c.data_mut(), map_type, encode_map) else {
                 return Ok(NOT_FOUND);
             };
-            return_bytes(&mut c, &encode_map(&pairs), data_out, size_out)?;
+            return_bytes(&mut c, &encoded, data_out, size_out)?;
             Ok(OK)
         },
     )?;
@@ -554,12 +563,14 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
          size_out: i32|
          -> Result<i32> {
             let key = read_string(&mut c, key_ptr, key_len)?;
-            let Some(pairs) = read_map(c.data_mut(), map_type) else {
+            let value = read_map(c.data_mut(), map_type, |pairs| {
+                crate::worker::find_header(pairs, &key).map(|v| v.as_bytes().to_vec())
+            });
+            let Some(value) = value else {
                 return Ok(NOT_FOUND);
             };
-            match crate::worker::find_header(&pairs, &key) {
+            match value {
                 Some(value) => {
-                    let value = value.as_bytes().to_vec();
                     return_bytes(&mut c, &value, data_out, size_out)?;
                     Ok(OK)
                 }

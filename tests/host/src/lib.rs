@@ -437,6 +437,18 @@ impl Host {
             .get(&request.context_id)
     }
 
+    /// Hands back a request's record and forgets it. The host keeps every record for
+    /// inspection; a long run (the benchmarks) takes each one when done with it, so the
+    /// host's memory stays flat as the engine's does.
+    pub fn take_record(&mut self, request: RequestHandle) -> Option<RequestRecord> {
+        self.workers
+            .get_mut(request.worker)?
+            .store
+            .data_mut()
+            .requests
+            .remove(&request.context_id)
+    }
+
     /// Waits up to `max_wait` for dispatch results and due ticks, handles what arrived,
     /// and returns whether anything happened.
     pub fn advance(&mut self, max_wait: Duration) -> Result<bool, HostError> {
