@@ -205,6 +205,8 @@ impl Peer {
         let port = port.parse().ok()?;
         let (ip, bare) = parse_host(host);
         let address = match ip {
+            // An IPv4 address that parses is already in canonical form.
+            Some(IpAddr::V4(_)) if !bare.contains('%') => bare.to_string(),
             Some(ip) => ip.to_string(),
             None if bare.is_empty() => return None,
             None => bare.to_ascii_lowercase(),

@@ -219,13 +219,9 @@ pub fn remove_header(map: MapType, name: &str) {
     }
 }
 
-/// Path segments joined by NUL bytes, as the ABI serialises a property path.
-fn property_path(path: &[&str]) -> Vec<u8> {
-    path.join("\0").into_bytes()
-}
-
-pub fn property(path: &[&str]) -> Option<String> {
-    let path = property_path(path);
+/// A property, by its path as the ABI takes it: the segments separated by NUL bytes
+/// (`"upstream\0address"`).
+pub fn property(path: &str) -> Option<String> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: `path` outlives the call; the host writes a pointer and a size we own.
     let code = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
@@ -234,8 +230,8 @@ pub fn property(path: &[&str]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
-    let path = property_path(path);
+/// Sets a property (path as for [`property`]).
+pub fn set_property(path: &str, value: &[u8]) -> Result<(), Status> {
     // SAFETY: `path` and `value` outlive the call.
     status(unsafe {
         abi::proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len())

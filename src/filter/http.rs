@@ -52,7 +52,7 @@ fn log_invalid(shared: &Shared, what: &str, why: &str) {
 fn set_filter_state<'a>(attributes: impl Iterator<Item = &'a (String, enrich::AttrValue)>) {
     for (name, value) in attributes {
         let path = concat("consul_enricher.", name);
-        if let Err(status) = host::set_property(&[&path], value.to_text().as_bytes()) {
+        if let Err(status) = host::set_property(&path, value.to_text().as_bytes()) {
             log::debug!("consul-enricher: cannot set filter state {path}: {status:?}");
         }
     }
@@ -60,10 +60,10 @@ fn set_filter_state<'a>(attributes: impl Iterator<Item = &'a (String, enrich::At
 
 /// The upstream peer of this request, as each host reports it (see [`enrich::Peer`]).
 fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
-    let address = host::property(&["upstream", "address"])?;
+    let address = host::property("upstream\0address")?;
     match kind {
         HostKind::Kong => {
-            let port = host::property(&["upstream", "port"])?;
+            let port = host::property("upstream\0port")?;
             enrich::Peer::parse(&address, Some(&port))
         }
         HostKind::Envoy => enrich::Peer::parse(&address, None),
@@ -241,25 +241,25 @@ fn upstream_source(shared: &Shared) -> Option<UpstreamSource> {
     match config.host {
         HostKind::Kong if config.service.from_host => {}
         HostKind::Envoy if config.service.from_cluster => {
-            return host::property(&["xds", "cluster_name"]).map(UpstreamSource::Cluster);
+            return host::property("xds\0cluster_name").map(UpstreamSource::Cluster);
         }
         _ => return None,
     }
     if shared.kong_lua.get() == Some(false) {
-        return host::property(&["ngx", "upstream_host"]).map(UpstreamSource::Host);
+        return host::property("ngx\0upstream_host").map(UpstreamSource::Host);
     }
-    match host::property(&["kong", "router", "service"]) {
+    match host::property("kong\0router\0service") {
         Some(json) => {
             shared.kong_lua.set(Some(true));
             Some(UpstreamSource::KongService(json))
         }
         None if shared.kong_lua.get().is_none() => {
-            let kong_lua = host::property(&["kong", "version"]).is_some();
+            let kong_lua = host::property("kong\0version").is_some();
             shared.kong_lua.set(Some(kong_lua));
             if kong_lua {
                 None
             } else {
-                host::property(&["ngx", "upstream_host"]).map(UpstreamSource::Host)
+                host::property("ngx\0upstream_host").map(UpstreamSource::Host)
             }
         }
         None => None,

@@ -758,10 +758,9 @@ impl Shared {
             return;
         }
         let value = instance.json_object(own);
-        if let Err(status) = host::set_property(
-            &["kong", "ctx", "shared", "consul_enricher"],
-            value.as_bytes(),
-        ) {
+        if let Err(status) =
+            host::set_property("kong\0ctx\0shared\0consul_enricher", value.as_bytes())
+        {
             self.kong_ctx_writable.set(false);
             log::warn!(
                 "consul-enricher: this host refuses kong.ctx.shared ({status:?}): Kong's span \

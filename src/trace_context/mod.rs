@@ -17,7 +17,15 @@ fn is_ows(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-/// `s` without leading and trailing `OWS`.
+/// `s` without leading and trailing `OWS`. By bytes: OWS is ASCII, so the first and the
+/// byte after the last other byte are character boundaries.
 fn trim_ows(s: &str) -> &str {
-    s.trim_matches(is_ows)
+    let ows = |b: &u8| is_ows(char::from(*b));
+    let bytes = s.as_bytes();
+    let start = bytes.iter().position(|b| !ows(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !ows(b))
+        .map_or(start, |at| at + 1);
+    s.get(start..end).unwrap_or_default()
 }

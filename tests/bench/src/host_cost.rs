@@ -45,7 +45,6 @@ fn measure(host: &mut Host, warmup: usize, iterations: usize, expect: Expect) ->
         let took = started.elapsed();
         check(host, request, &expect)?;
         host.take_record(request);
-        host.take_record(request);
         if n >= warmup {
             samples.push(took);
         }
@@ -78,6 +77,29 @@ fn prime(host: &mut Host) -> Result<()> {
 }
 
 pub fn run(wasm: &Wasm, warmup: usize, iterations: usize) -> Result<HostCost> {
+    if let Ok(which) = std::env::var("ONLY") {
+        let consul = ConsulStandin::start(ConsulOptions::default())?;
+        register(&consul, SERVICE, 3);
+        let (w, config) = match which.as_str() {
+            "baseline" => (&wasm.baseline, String::new()),
+            _ => (
+                &wasm.enricher,
+                enricher_config(&consul, "", r#""ttl_s":3600"#),
+            ),
+        };
+        let mut host = Host::new(host_options(w, config, 1)).map_err(anyhow::Error::msg)?;
+        if which != "baseline" {
+            prime(&mut host)?;
+        }
+        let t = std::time::Instant::now();
+        let s = measure(&mut host, 1000, 300_000, Expect::Nothing)?;
+        eprintln!(
+            "ONLY {which}: median {:?} total {:?}",
+            s.median,
+            t.elapsed()
+        );
+        std::process::exit(0);
+    }
     let mut host =
         Host::new(host_options(&wasm.empty, String::new(), 1)).map_err(anyhow::Error::msg)?;
     let no_filter = measure(&mut host, warmup, iterations, Expect::Nothing)?;

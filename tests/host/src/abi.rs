@@ -44,11 +44,12 @@ pub(crate) fn read_bytes(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec
         .data()
         .memory
         .ok_or_else(|| format_err!("no memory"))?;
-    let mut buffer = vec![0u8; len as u32 as usize];
+    let start = ptr as u32 as usize;
     memory
-        .read(&*caller, ptr as u32 as usize, &mut buffer)
-        .map_err(|_| format_err!("read of {len} bytes at {ptr:#x} is out of bounds"))?;
-    Ok(buffer)
+        .data(&*caller)
+        .get(start..start.saturating_add(len as u32 as usize))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| format_err!("read of {len} bytes at {ptr:#x} is out of bounds"))
 }
 
 fn read_string(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String> {
