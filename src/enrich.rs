@@ -322,7 +322,7 @@ fn has_key(attrs: &Attributes, key: &str) -> bool {
 }
 
 impl<'a> RequestAttributes<'a> {
-    pub fn iter(self) -> impl Iterator<Item = &'a (String, AttrValue)> + Clone {
+    pub fn iter(self) -> impl Iterator<Item = &'a (String, AttrValue)> {
         let (own, instance) = (self.own, self.instance);
         self.service
             .iter()
@@ -363,10 +363,11 @@ impl InstanceView {
             key == LOOKUP_DURATION || key == "network.peer.address" || key == "network.peer.port"
         };
         let replaceable_key = |key: &str| config.baggage.read_keys.iter().any(|k| k == key);
-        let fixed = layers
+        let fixed: Vec<_> = layers
             .iter()
-            .filter(|(k, _)| !own_only(k) && !replaceable_key(k));
-        let object = json_object(fixed);
+            .filter(|(k, _)| !own_only(k) && !replaceable_key(k))
+            .collect();
+        let object = json_object(&fixed);
         let json_members = object
             .get(1..object.len().saturating_sub(1))
             .unwrap_or_default()
@@ -387,12 +388,13 @@ impl InstanceView {
     /// Every attribute of a request with these `own` attributes as one JSON object
     /// (`kong.ctx.shared.consul_enricher`).
     pub fn json_object(&self, own: &Attributes) -> String {
-        let rest = self
+        let rest: Vec<_> = self
             .replaceable
             .iter()
             .filter(|(k, _)| !has_key(own, k))
-            .chain(own.iter().filter(|(k, _)| !has_key(&self.attributes, k)));
-        let tail = json_object(rest);
+            .chain(own.iter().filter(|(k, _)| !has_key(&self.attributes, k)))
+            .collect();
+        let tail = json_object(&rest);
         if self.json_members.is_empty() {
             return tail;
         }
@@ -411,21 +413,18 @@ impl InstanceView {
 }
 
 /// Attributes as one JSON object.
-fn json_object<'a>(attrs: impl Iterator<Item = &'a (String, AttrValue)> + Clone) -> String {
+fn json_object(attrs: &[&(String, AttrValue)]) -> String {
     // Cannot fail: every key is a string and the output is memory.
     serde_json::to_string(&AttributeObject(attrs)).unwrap_or_else(|_| String::from("{}"))
 }
 
-struct AttributeObject<I>(I);
+struct AttributeObject<'a>(&'a [&'a (String, AttrValue)]);
 
-impl<'a, I> serde::Serialize for AttributeObject<I>
-where
-    I: Iterator<Item = &'a (String, AttrValue)> + Clone,
-{
+impl serde::Serialize for AttributeObject<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut object = serializer.serialize_map(None)?;
-        for (key, value) in self.0.clone() {
+        let mut object = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
             match value {
                 AttrValue::Str(text) => object.serialize_entry(key, text)?,
                 AttrValue::Int(n) => object.serialize_entry(key, n)?,

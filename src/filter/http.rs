@@ -291,7 +291,9 @@ impl UpstreamSource {
         let kong_host;
         let sources = match self {
             UpstreamSource::KongService(json) => {
-                kong_host = serde_json::from_str::<KongService>(json).ok()?.host;
+                kong_host = serde_json::from_slice::<KongService>(json.as_bytes())
+                    .ok()?
+                    .host;
                 NameSources {
                     upstream_host: kong_host.as_deref(),
                     ..NameSources::default()
