@@ -71,17 +71,14 @@ fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
 }
 
 /// Whether anything takes the serving instance's values for this request: response
-/// headers, Envoy's filter state, Kong's span companion (while the host accepts
-/// `kong.ctx.shared`) or the filter's own span. Otherwise the response is left alone: no
-/// property read, nothing computed.
+/// headers, Envoy's filter state, Kong's span companion ([`Shared::kong_ctx_wanted`]) or
+/// the filter's own span. Otherwise the response is left alone: no property read,
+/// nothing computed.
 fn instance_wanted(shared: &Shared, req: &RequestState) -> bool {
-    let config = &shared.config;
-    config.headers.response
+    shared.config.headers.response
         || req.span_id.is_some()
-        || match config.host {
-            HostKind::Envoy => true,
-            HostKind::Kong => config.kong_ctx_shared && shared.kong_ctx_writable.get(),
-        }
+        || shared.config.host == HostKind::Envoy
+        || shared.kong_ctx_wanted()
 }
 
 impl Context for Http {
@@ -259,6 +256,11 @@ fn upstream_source(shared: &Shared) -> Option<UpstreamSource> {
             if kong_lua {
                 None
             } else {
+                log::info!(
+                    "consul-enricher: no Kong Lua in this nginx (no kong.version): the service \
+                     comes from ngx.upstream_host, and kong.ctx.shared, which only Kong's Lua \
+                     reads, is not written"
+                );
                 host::property("ngx\0upstream_host").map(UpstreamSource::Host)
             }
         }
@@ -462,7 +464,7 @@ impl HttpContext for Http {
             set_filter_state(peer_attributes.iter().chain(&view.attributes));
         }
         req.attributes.extend(peer_attributes);
-        if config.host == HostKind::Kong && config.kong_ctx_shared {
+        if shared.kong_ctx_wanted() {
             shared.write_kong_ctx(&view, &req.attributes);
         }
         req.instance = Some(view);

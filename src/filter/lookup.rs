@@ -747,16 +747,22 @@ fn service_enrichment(
 }
 
 impl Shared {
+    /// Whether this worker writes `kong.ctx.shared`: on Kong, configured, not refused by
+    /// the host, and not on an nginx found to have no Kong Lua (nothing would read it).
+    pub fn kong_ctx_wanted(&self) -> bool {
+        self.config.host == HostKind::Kong
+            && self.config.kong_ctx_shared
+            && self.kong_ctx_writable.get()
+            && self.kong_lua.get() != Some(false)
+    }
+
     /// Hands the request's attributes to Kong's Lua (`kong.ctx.shared.consul_enricher`),
     /// where the span companion reads them. A host that refuses the property (a module
     /// built with another property namespace answers NotFound; without Kong's Lua, in the
     /// `kong` namespace, ngx_wasm_module keeps the value for the request itself:
     /// `ngx_proxy_wasm_properties_set` in `ngx_proxy_wasm_properties.c`) is told once per
-    /// worker, and not asked again.
+    /// worker, and not asked again. Called only when [`Shared::kong_ctx_wanted`].
     pub fn write_kong_ctx(&self, instance: &InstanceView, own: &Attributes) {
-        if !self.kong_ctx_writable.get() {
-            return;
-        }
         let value = instance.json_object(own);
         if let Err(status) =
             host::set_property("kong\0ctx\0shared\0consul_enricher", value.as_bytes())

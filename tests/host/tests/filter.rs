@@ -495,15 +495,46 @@ fn invalid_config_on_envoy_is_refused_naming_the_key() {
 #[test]
 fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
     let consul = consul_with_echo(ConsulOptions::default());
-    // ngx_wasm_module's default property namespace: `kong.*` is NotFound.
-    let mut options = host_options(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    // ngx_wasm_module's default property namespace: `kong.*` is NotFound. A static service
+    // name: the filter never asks whether Kong's Lua is there, so it tries the write.
+    let mut options = host_options(
+        Flavour::Kong,
+        1,
+        &consul.addr().to_string(),
+        json!({"service": {"name": "echo"}}),
+    );
     options.property_namespace = "wasmx".to_string();
     let mut gw = Gateway {
         host: Host::new(options).unwrap(),
         flavour: Flavour::Kong,
     };
     for _ in 0..3 {
-        // Without Kong's Lua, the operator sets `$upstream_host` (`ngx.upstream_host`).
+        let spec = RequestSpec::get("kong", "/echo").header("traceparent", TRACEPARENT);
+        let request = gw.send(spec);
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        gw.host
+            .respond(
+                request,
+                "127.0.0.2:9002",
+                vec![(":status".into(), "200".into())],
+            )
+            .unwrap();
+        let record = gw.host.record(request).cloned().unwrap();
+        assert_eq!(record.phase, Phase::Completed);
+        assert!(record.kong_ctx_shared.is_empty());
+    }
+    assert_eq!(gw.host.logs_containing("kong.ctx.shared").len(), 1);
+    assert_eq!(gw.host.logs_containing("refuses kong.ctx.shared").len(), 1);
+    gw.assert_no_traps();
+}
+
+#[test]
+fn an_nginx_without_kong_lua_gets_no_kong_ctx_shared() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    for _ in 0..3 {
+        // No `kong.version`: the operator sets `$upstream_host` (`ngx.upstream_host`).
         let spec = RequestSpec::get("kong", "/echo")
             .header("traceparent", TRACEPARENT)
             .property("ngx.upstream_host", "echo.service.consul");
@@ -521,7 +552,8 @@ fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
         assert_eq!(record.phase, Phase::Completed);
         assert!(record.kong_ctx_shared.is_empty());
     }
-    assert_eq!(gw.host.logs_containing("kong.ctx.shared").len(), 1);
+    assert_eq!(gw.host.logs_containing("no Kong Lua").len(), 1);
+    assert!(gw.host.logs_containing("refuses").is_empty());
     gw.assert_no_traps();
 }
 
