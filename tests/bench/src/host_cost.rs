@@ -1,6 +1,7 @@
 //! Per-request cost in the test host: one request's `on_request_headers` and
 //! `on_response_headers` (and the context's done/log/delete), timed one by one, for the
-//! empty module, the baseline filter and the enricher in each cache state.
+//! empty module, the baseline filter, a module making a hit's host calls and nothing else,
+//! and the enricher in each cache state.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ const WAIT: Duration = Duration::from_secs(10);
 pub struct HostCost {
     pub no_filter: Summary,
     pub baseline: Summary,
+    pub hit_calls: Summary,
     pub hit: Summary,
     pub stale: Summary,
     pub consul_down: Summary,
@@ -44,6 +46,7 @@ fn measure(host: &mut Host, warmup: usize, iterations: usize, expect: Expect) ->
         respond(host, request)?;
         let took = started.elapsed();
         check(host, request, &expect)?;
+        host.take_record(request);
         host.take_record(request);
         if n >= warmup {
             samples.push(took);
@@ -77,29 +80,6 @@ fn prime(host: &mut Host) -> Result<()> {
 }
 
 pub fn run(wasm: &Wasm, warmup: usize, iterations: usize) -> Result<HostCost> {
-    if let Ok(which) = std::env::var("ONLY") {
-        let consul = ConsulStandin::start(ConsulOptions::default())?;
-        register(&consul, SERVICE, 3);
-        let (w, config) = match which.as_str() {
-            "baseline" => (&wasm.baseline, String::new()),
-            _ => (
-                &wasm.enricher,
-                enricher_config(&consul, "", r#""ttl_s":3600"#),
-            ),
-        };
-        let mut host = Host::new(host_options(w, config, 1)).map_err(anyhow::Error::msg)?;
-        if which != "baseline" {
-            prime(&mut host)?;
-        }
-        let t = std::time::Instant::now();
-        let s = measure(&mut host, 1000, 300_000, Expect::Nothing)?;
-        eprintln!(
-            "ONLY {which}: median {:?} total {:?}",
-            s.median,
-            t.elapsed()
-        );
-        std::process::exit(0);
-    }
     let mut host =
         Host::new(host_options(&wasm.empty, String::new(), 1)).map_err(anyhow::Error::msg)?;
     let no_filter = measure(&mut host, warmup, iterations, Expect::Nothing)?;
@@ -107,6 +87,10 @@ pub fn run(wasm: &Wasm, warmup: usize, iterations: usize) -> Result<HostCost> {
     let mut host =
         Host::new(host_options(&wasm.baseline, String::new(), 1)).map_err(anyhow::Error::msg)?;
     let baseline = measure(&mut host, warmup, iterations, Expect::Nothing)?;
+
+    let mut host =
+        Host::new(host_options(&wasm.hit_calls, String::new(), 1)).map_err(anyhow::Error::msg)?;
+    let hit_calls = measure(&mut host, warmup, iterations, Expect::Nothing)?;
 
     let consul = ConsulStandin::start(ConsulOptions::default())?;
     register(&consul, SERVICE, 3);
@@ -166,6 +150,7 @@ pub fn run(wasm: &Wasm, warmup: usize, iterations: usize) -> Result<HostCost> {
     Ok(HostCost {
         no_filter,
         baseline,
+        hit_calls,
         hit,
         stale,
         consul_down,

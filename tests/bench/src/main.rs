@@ -85,6 +85,7 @@ fn main() -> Result<()> {
     let cost = host_cost::run(&wasm, sizes.warmup, sizes.iterations)?;
     row("no filter (empty module)", &cost.no_filter, &cost.baseline);
     row("baseline filter", &cost.baseline, &cost.baseline);
+    row("a hit's host calls alone", &cost.hit_calls, &cost.baseline);
     row("enricher, cache hit", &cost.hit, &cost.baseline);
     row(
         "enricher, stale (refresh in flight)",
@@ -191,6 +192,10 @@ fn main() -> Result<()> {
     println!(
         "ratio.hot_path_vs_baseline {:.2}",
         cost.hit.median.as_secs_f64() / cost.baseline.median.as_secs_f64()
+    );
+    println!(
+        "ratio.hit_host_calls_vs_baseline {:.2}",
+        cost.hit_calls.median.as_secs_f64() / cost.baseline.median.as_secs_f64()
     );
     println!("ratio.rps_vs_baseline {:.2}", rps[2] / rps[1]);
     println!("consul.calls_per_cold_burst {burst}");
