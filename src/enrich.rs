@@ -343,7 +343,7 @@ pub struct InstanceView {
     pub headers: Vec<(String, String)>,
     /// The service's attributes that no request's own replaces and the instance's, as
     /// JSON object members.
-    json_members: String,
+    json_members: Vec<u8>,
     /// The service's a request's own may replace (named in `baggage.read_keys`).
     replaceable: Attributes,
 }
@@ -363,15 +363,13 @@ impl InstanceView {
             key == LOOKUP_DURATION || key == "network.peer.address" || key == "network.peer.port"
         };
         let replaceable_key = |key: &str| config.baggage.read_keys.iter().any(|k| k == key);
-        let fixed: Vec<_> = layers
-            .iter()
-            .filter(|(k, _)| !own_only(k) && !replaceable_key(k))
-            .collect();
-        let object = json_object(&fixed);
-        let json_members = object
-            .get(1..object.len().saturating_sub(1))
-            .unwrap_or_default()
-            .to_string();
+        let mut json_members = Vec::new();
+        write_members(
+            &mut json_members,
+            &mut layers
+                .iter()
+                .filter(|(k, _)| !own_only(k) && !replaceable_key(k)),
+        );
         let replaceable = layers
             .iter()
             .filter(|(k, _)| replaceable_key(k) && !has_key(&attributes, k))
@@ -386,52 +384,40 @@ impl InstanceView {
     }
 
     /// Every attribute of a request with these `own` attributes as one JSON object
-    /// (`kong.ctx.shared.consul_enricher`).
-    pub fn json_object(&self, own: &Attributes) -> String {
-        let rest: Vec<_> = self
-            .replaceable
-            .iter()
-            .filter(|(k, _)| !has_key(own, k))
-            .chain(own.iter().filter(|(k, _)| !has_key(&self.attributes, k)))
-            .collect();
-        let tail = json_object(&rest);
-        if self.json_members.is_empty() {
-            return tail;
-        }
-        let mut out = String::with_capacity(self.json_members.len() + tail.len() + 2);
-        out.push('{');
-        out.push_str(&self.json_members);
-        match tail.get(1..) {
-            Some("}") | None => out.push('}'),
-            Some(members) => {
-                out.push(',');
-                out.push_str(members);
-            }
-        }
+    /// (`kong.ctx.shared.consul_enricher`), written into one buffer.
+    pub fn json_object(&self, own: &Attributes) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.json_members.len() + 128);
+        out.push(b'{');
+        out.extend_from_slice(&self.json_members);
+        write_members(
+            &mut out,
+            &mut self
+                .replaceable
+                .iter()
+                .filter(|(k, _)| !has_key(own, k))
+                .chain(own.iter().filter(|(k, _)| !has_key(&self.attributes, k))),
+        );
+        out.push(b'}');
         out
     }
 }
 
-/// Attributes as one JSON object.
-fn json_object(attrs: &[&(String, AttrValue)]) -> String {
-    // Cannot fail: every key is a string and the output is memory.
-    serde_json::to_string(&AttributeObject(attrs)).unwrap_or_else(|_| String::from("{}"))
-}
-
-struct AttributeObject<'a>(&'a [&'a (String, AttrValue)]);
-
-impl serde::Serialize for AttributeObject<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut object = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, value) in self.0 {
-            match value {
-                AttrValue::Str(text) => object.serialize_entry(key, text)?,
-                AttrValue::Int(n) => object.serialize_entry(key, n)?,
-                AttrValue::List(items) => object.serialize_entry(key, items)?,
-            }
+/// Appends attributes as JSON object members (`"key":value`, comma-separated, after any
+/// members `out` already holds), serde_json writing each key and value.
+fn write_members<'a>(out: &mut Vec<u8>, attrs: &mut dyn Iterator<Item = &'a (String, AttrValue)>) {
+    for (key, value) in attrs {
+        if !matches!(out.last(), None | Some(b'{')) {
+            out.push(b',');
         }
-        object.end()
+        // Cannot fail: keys and values are strings, integers and string lists, and the
+        // output is memory.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        let _ = match value {
+            AttrValue::Str(text) => serde_json::to_writer(&mut *out, text),
+            AttrValue::Int(n) => serde_json::to_writer(&mut *out, n),
+            AttrValue::List(items) => serde_json::to_writer(&mut *out, items),
+        };
     }
 }
 
@@ -680,7 +666,7 @@ mod tests {
     /// against the layers it stands for.
     fn json(config: &Config, service: &Attributes, own: &Attributes) -> String {
         let view = InstanceView::new(config, service, None);
-        let out = view.json_object(own);
+        let out = String::from_utf8(view.json_object(own)).expect("UTF-8");
         let layers = RequestAttributes {
             service,
             own,
@@ -761,7 +747,7 @@ mod tests {
             (LOOKUP_DURATION, AttrValue::Int(1)),
         ]);
         let out: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&view.json_object(&own)).expect("a JSON object");
+            serde_json::from_slice(&view.json_object(&own)).expect("a JSON object");
         assert_eq!(out["server.address"], "10.0.0.2");
         assert_eq!(out["consul.service.meta.version"], "2.0");
         assert_eq!(out[LOOKUP_DURATION], 1);

@@ -92,8 +92,13 @@ impl Context for Http {
 /// What the filter reads of the incoming request headers, borrowed from the one host
 /// call that returned them all.
 struct Incoming<'a> {
-    traceparents: Vec<&'a str>,
-    baggage_lines: Vec<&'a str>,
+    /// The first `traceparent` header and how many there are.
+    traceparent: Option<&'a str>,
+    traceparents: usize,
+    /// Every `baggage` line joined by `,`, as the W3C spec reads several, and how many
+    /// lines there are.
+    baggage: Cow<'a, str>,
+    baggage_lines: usize,
     /// The authority the client asked for: `:authority` on Envoy; on ngx_wasm_module
     /// `:authority` is built from the server block, the client's is the `host` header.
     client_authority: Option<&'a str>,
@@ -109,8 +114,10 @@ impl<'a> Incoming<'a> {
             HostKind::Envoy => ":authority",
         };
         let mut incoming = Incoming {
-            traceparents: Vec::new(),
-            baggage_lines: Vec::new(),
+            traceparent: None,
+            traceparents: 0,
+            baggage: Cow::Borrowed(""),
+            baggage_lines: 0,
             client_authority: None,
             forged: Vec::new(),
         };
@@ -118,9 +125,17 @@ impl<'a> Incoming<'a> {
             if name.eq_ignore_ascii_case(authority_header) {
                 incoming.client_authority = Some(value);
             } else if name.eq_ignore_ascii_case("traceparent") {
-                incoming.traceparents.push(value);
+                incoming.traceparent = incoming.traceparent.or(Some(value));
+                incoming.traceparents += 1;
             } else if name.eq_ignore_ascii_case("baggage") {
-                incoming.baggage_lines.push(value);
+                if incoming.baggage_lines == 0 {
+                    incoming.baggage = Cow::Borrowed(value);
+                } else {
+                    let joined = incoming.baggage.to_mut();
+                    joined.push(',');
+                    joined.push_str(value);
+                }
+                incoming.baggage_lines += 1;
             } else if starts_with_ignore_case(name, prefix) {
                 incoming.forged.push(name);
             }
@@ -158,17 +173,13 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
             remove_request_header(kong, name);
         }
     }
-    let joined = match incoming.baggage_lines[..] {
-        [] => Cow::Borrowed(""),
-        [one] => Cow::Borrowed(one),
-        _ => Cow::Owned(incoming.baggage_lines.join(",")),
-    };
+    let joined = &*incoming.baggage;
     let (kept, removed) = if strip {
-        strip_members(&joined, BAGGAGE_NAMESPACE)
+        strip_members(joined, BAGGAGE_NAMESPACE)
     } else {
-        (Cow::Borrowed(&*joined), 0)
+        (Cow::Borrowed(joined), 0)
     };
-    if removed > 0 || incoming.baggage_lines.len() > 1 {
+    if removed > 0 || incoming.baggage_lines > 1 {
         if kept.is_empty() {
             remove_request_header(kong, "baggage");
         } else {
@@ -191,10 +202,10 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
 
 /// The request's trace context; absent, several or malformed `traceparent` headers leave
 /// it untouched (several are invalid by W3C Trace Context).
-fn read_trace(shared: &Shared, traceparents: &[&str]) -> Option<TraceParent> {
-    let value = match traceparents {
-        [] => return None,
-        [one] => one,
+fn read_trace(shared: &Shared, incoming: &Incoming) -> Option<TraceParent> {
+    let value = match (incoming.traceparent, incoming.traceparents) {
+        (None, _) => return None,
+        (Some(one), 1) => one,
         _ => {
             shared.metrics.count(Counter::InvalidTraceparent, 1);
             log_invalid(shared, "traceparent", "the request has several");
@@ -371,7 +382,7 @@ impl HttpContext for Http {
         let headers = host::request_headers();
         let incoming = Incoming::read(config, &headers);
         let baggage = strip_incoming(&shared, &incoming);
-        let trace = read_trace(&shared, &incoming.traceparents);
+        let trace = read_trace(&shared, &incoming);
         let baggage_attributes = baggage
             .as_ref()
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))

@@ -764,9 +764,7 @@ impl Shared {
     /// worker, and not asked again. Called only when [`Shared::kong_ctx_wanted`].
     pub fn write_kong_ctx(&self, instance: &InstanceView, own: &Attributes) {
         let value = instance.json_object(own);
-        if let Err(status) =
-            host::set_property("kong\0ctx\0shared\0consul_enricher", value.as_bytes())
-        {
+        if let Err(status) = host::set_property("kong\0ctx\0shared\0consul_enricher", &value) {
             self.kong_ctx_writable.set(false);
             log::warn!(
                 "consul-enricher: this host refuses kong.ctx.shared ({status:?}): Kong's span \

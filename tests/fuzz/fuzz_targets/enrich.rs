@@ -49,7 +49,8 @@ fn assert_clean_attributes(
         own,
         instance: &view.attributes,
     };
-    let Some(members) = object_members(&view.json_object(own)) else {
+    let json = String::from_utf8(view.json_object(own)).expect("the object is UTF-8");
+    let Some(members) = object_members(&json) else {
         panic!("attributes are not a JSON object");
     };
     let attrs: Vec<_> = layers.iter().collect();
