@@ -492,6 +492,26 @@ fn invalid_config_on_envoy_is_refused_naming_the_key() {
     }
 }
 
+impl Gateway {
+    /// Sends `spec` (to the Consul service `echo`), answers it, and checks that it was
+    /// enriched and completed with nothing in `kong.ctx.shared`.
+    fn enriched_without_kong_ctx(&mut self, spec: RequestSpec) {
+        let request = self.send(spec);
+        let record = self.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        self.host
+            .respond(
+                request,
+                "127.0.0.2:9002",
+                vec![(":status".into(), "200".into())],
+            )
+            .unwrap();
+        let record = self.host.record(request).cloned().unwrap();
+        assert_eq!(record.phase, Phase::Completed);
+        assert!(record.kong_ctx_shared.is_empty());
+    }
+}
+
 #[test]
 fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
     let consul = consul_with_echo(ConsulOptions::default());
@@ -510,19 +530,7 @@ fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
     };
     for _ in 0..3 {
         let spec = RequestSpec::get("kong", "/echo").header("traceparent", TRACEPARENT);
-        let request = gw.send(spec);
-        let record = gw.forwarded(request);
-        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-        gw.host
-            .respond(
-                request,
-                "127.0.0.2:9002",
-                vec![(":status".into(), "200".into())],
-            )
-            .unwrap();
-        let record = gw.host.record(request).cloned().unwrap();
-        assert_eq!(record.phase, Phase::Completed);
-        assert!(record.kong_ctx_shared.is_empty());
+        gw.enriched_without_kong_ctx(spec);
     }
     assert_eq!(gw.host.logs_containing("kong.ctx.shared").len(), 1);
     assert_eq!(gw.host.logs_containing("refuses kong.ctx.shared").len(), 1);
@@ -538,19 +546,7 @@ fn an_nginx_without_kong_lua_gets_no_kong_ctx_shared() {
         let spec = RequestSpec::get("kong", "/echo")
             .header("traceparent", TRACEPARENT)
             .property("ngx.upstream_host", "echo.service.consul");
-        let request = gw.send(spec);
-        let record = gw.forwarded(request);
-        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-        gw.host
-            .respond(
-                request,
-                "127.0.0.2:9002",
-                vec![(":status".into(), "200".into())],
-            )
-            .unwrap();
-        let record = gw.host.record(request).cloned().unwrap();
-        assert_eq!(record.phase, Phase::Completed);
-        assert!(record.kong_ctx_shared.is_empty());
+        gw.enriched_without_kong_ctx(spec);
     }
     assert_eq!(gw.host.logs_containing("no Kong Lua").len(), 1);
     assert!(gw.host.logs_containing("refuses").is_empty());
