@@ -404,7 +404,7 @@ impl InstanceView {
 
 /// Appends attributes as JSON object members (`"key":value`, comma-separated, after any
 /// members `out` already holds), serde_json writing each key and value.
-fn write_members<'a>(out: &mut Vec<u8>, attrs: &mut dyn Iterator<Item = &'a (String, AttrValue)>) {
+fn write_members(out: &mut Vec<u8>, attrs: &mut dyn Iterator<Item = &(String, AttrValue)>) {
     for (key, value) in attrs {
         if !matches!(out.last(), None | Some(b'{')) {
             out.push(b',');
