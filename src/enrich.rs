@@ -244,14 +244,15 @@ pub fn match_instance(instances: &[Instance], peer: &Peer) -> Option<usize> {
         .position(|i| i.service_port == peer.port && peer.is_host(i.address()))
 }
 
+/// The attributes of the peer address the host reported.
+const PEER_ADDRESS: &str = "network.peer.address";
+const PEER_PORT: &str = "network.peer.port";
+
 /// The peer address the host reported, a request's own.
 pub fn for_peer(peer: &Peer) -> Attributes {
     let mut attrs = Attributes::with_capacity(2);
-    str_attr(&mut attrs, "network.peer.address", &peer.address);
-    attrs.push((
-        "network.peer.port".to_string(),
-        AttrValue::Int(i64::from(peer.port)),
-    ));
+    str_attr(&mut attrs, PEER_ADDRESS, &peer.address);
+    attrs.push((PEER_PORT.to_string(), AttrValue::Int(i64::from(peer.port))));
     attrs
 }
 
@@ -359,9 +360,7 @@ impl InstanceView {
             own: &Vec::new(),
             instance: &attributes,
         };
-        let own_only = |key: &str| {
-            key == LOOKUP_DURATION || key == "network.peer.address" || key == "network.peer.port"
-        };
+        let own_only = |key: &str| [LOOKUP_DURATION, PEER_ADDRESS, PEER_PORT].contains(&key);
         let replaceable_key = |key: &str| config.baggage.read_keys.iter().any(|k| k == key);
         let mut json_members = Vec::new();
         write_members(

@@ -321,8 +321,13 @@ impl UpstreamSource {
                 ..NameSources::default()
             },
         };
-        resolve(&config.service, sources).map(|t| Target::new(t, config))
+        target_of(config, sources)
     }
+}
+
+/// The target the configuration's rules find in `sources`.
+fn target_of(config: &Config, sources: NameSources<'_>) -> Option<Target> {
+    resolve(&config.service, sources).map(|t| Target::new(t, config))
 }
 
 /// Most host-reported upstreams whose resolution a worker keeps; beyond that it starts
@@ -348,9 +353,7 @@ fn resolve_target(shared: &Shared, incoming: &Incoming) -> Option<Rc<Target>> {
         None => {
             let target = match &source {
                 Some(source) => source.resolve(config),
-                None => {
-                    resolve(&config.service, NameSources::default()).map(|t| Target::new(t, config))
-                }
+                None => target_of(config, NameSources::default()),
             }
             .map(Rc::new);
             let mut state = shared.state.borrow_mut();
@@ -366,7 +369,7 @@ fn resolve_target(shared: &Shared, incoming: &Incoming) -> Option<Rc<Target>> {
             authority: incoming.client_authority,
             ..NameSources::default()
         };
-        resolve(&config.service, authority).map(|t| Rc::new(Target::new(t, config)))
+        target_of(config, authority).map(Rc::new)
     })
 }
 

@@ -694,7 +694,8 @@ impl Shared {
             self.metrics.count(Counter::Enriched, 1);
         }
         self.metrics.count(lookup.counter(), 1);
-        let mut attributes = Attributes::with_capacity(req.baggage_attributes.len() + 12);
+        // The baggage values, the lookup duration, and on the response the peer's two.
+        let mut attributes = Attributes::with_capacity(req.baggage_attributes.len() + 3);
         attributes.append(&mut req.baggage_attributes);
         attributes.push((
             enrich::LOOKUP_DURATION.to_string(),

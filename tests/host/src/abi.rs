@@ -567,10 +567,7 @@ pub(crate) fn add_proxy_functions(linker: &mut Linker<WorkerState>) -> Result<()
             let value = read_map(c.data_mut(), map_type, |pairs| {
                 crate::worker::find_header(pairs, &key).map(|v| v.as_bytes().to_vec())
             });
-            let Some(value) = value else {
-                return Ok(NOT_FOUND);
-            };
-            match value {
+            match value.flatten() {
                 Some(value) => {
                     return_bytes(&mut c, &value, data_out, size_out)?;
                     Ok(OK)

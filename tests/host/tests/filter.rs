@@ -101,6 +101,25 @@ impl Gateway {
         record
     }
 
+    /// The upstream at `peer` answers `request` with a 200; the request's record after.
+    fn answered(&mut self, request: RequestHandle, peer: &str) -> test_host::RequestRecord {
+        self.host
+            .respond(request, peer, vec![(":status".into(), "200".into())])
+            .unwrap_or_else(|e| panic!("{:?}: {e}", self.flavour));
+        self.host.record(request).cloned().unwrap()
+    }
+
+    /// Sends `spec` (to the Consul service `echo`), answers it, and checks that it was
+    /// enriched and completed with nothing in `kong.ctx.shared`.
+    fn enriched_without_kong_ctx(&mut self, spec: RequestSpec) {
+        let request = self.send(spec);
+        let record = self.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        let record = self.answered(request, "127.0.0.2:9002");
+        assert_eq!(record.phase, Phase::Completed);
+        assert!(record.kong_ctx_shared.is_empty());
+    }
+
     /// A counter's value; the filter hands its counts to the host on the tick, so every
     /// worker ticks first.
     fn metric(&mut self, name: &str) -> i64 {
@@ -492,26 +511,6 @@ fn invalid_config_on_envoy_is_refused_naming_the_key() {
     }
 }
 
-impl Gateway {
-    /// Sends `spec` (to the Consul service `echo`), answers it, and checks that it was
-    /// enriched and completed with nothing in `kong.ctx.shared`.
-    fn enriched_without_kong_ctx(&mut self, spec: RequestSpec) {
-        let request = self.send(spec);
-        let record = self.forwarded(request);
-        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-        self.host
-            .respond(
-                request,
-                "127.0.0.2:9002",
-                vec![(":status".into(), "200".into())],
-            )
-            .unwrap();
-        let record = self.host.record(request).cloned().unwrap();
-        assert_eq!(record.phase, Phase::Completed);
-        assert!(record.kong_ctx_shared.is_empty());
-    }
-}
-
 #[test]
 fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
     let consul = consul_with_echo(ConsulOptions::default());
@@ -560,10 +559,7 @@ fn kong_reads_the_instance_from_upstream_address_and_port() {
     for (peer, id) in [("127.0.0.1:9001", "echo-1"), ("127.0.0.2:9002", "echo-2")] {
         let request = gw.send(echo_request(Flavour::Kong));
         gw.forwarded(request);
-        gw.host
-            .respond(request, peer, vec![(":status".into(), "200".into())])
-            .unwrap();
-        let record = gw.host.record(request).cloned().unwrap();
+        let record = gw.answered(request, peer);
         let raw = &record.kong_ctx_shared["consul_enricher"];
         let attributes: Value = serde_json::from_slice(raw).unwrap();
         assert_eq!(attributes["consul.service.id"], id, "{attributes}");
@@ -659,14 +655,7 @@ fn the_instance_actually_used_gets_its_own_attributes() {
         let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
         let request = gw.send(echo_request(flavour));
         gw.forwarded(request);
-        gw.host
-            .respond(
-                request,
-                "127.0.0.2:9002",
-                vec![(":status".into(), "200".into())],
-            )
-            .unwrap();
-        let record = gw.host.record(request).cloned().unwrap();
+        let record = gw.answered(request, "127.0.0.2:9002");
         assert_eq!(record.phase, Phase::Completed);
         assert_eq!(
             record.client_response_header("x-consul-service"),
@@ -929,14 +918,7 @@ fn consul_text_is_encoded_once_and_attributes_carry_it_decoded() {
             baggage_members(&baggage).contains(&"consul.service.meta.region=Z%C3%BCrich"),
             "{flavour:?}: {baggage}"
         );
-        gw.host
-            .respond(
-                request,
-                "[2001:db8::1]:5000",
-                vec![(":status".into(), "200".into())],
-            )
-            .unwrap();
-        let record = gw.host.record(request).cloned().unwrap();
+        let record = gw.answered(request, "[2001:db8::1]:5000");
         assert_eq!(
             record.client_response_header("x-consul-instance-id"),
             Some("echo-zh"),
