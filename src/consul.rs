@@ -155,17 +155,29 @@ enum LenientValue {
 
 impl<'de> Deserialize<'de> for LenientValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(LenientValueVisitor)
+        // Taken raw first: serde_json refuses to decode a valid number beyond f64 (`1e400`,
+        // "number out of range"), which would make the whole instance unusable; raw, it is
+        // only checked. A number is then read from its text.
+        let raw = <&RawValue>::deserialize(deserializer)?.get();
+        if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Ok(raw
+                .parse()
+                .map_or(LenientValue::Other, LenientValue::WholeNumber));
+        }
+        serde_json::Deserializer::from_slice(raw.as_bytes())
+            .deserialize_any(LenientValueVisitor)
+            .map_err(de::Error::custom)
     }
 }
 
+/// Reads any JSON value but a number, which [`LenientValue`] reads from its text.
 struct LenientValueVisitor;
 
 impl<'de> Visitor<'de> for LenientValueVisitor {
     type Value = LenientValue;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
+        f.write_str("any JSON value but a number")
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<LenientValue, E> {
@@ -174,18 +186,6 @@ impl<'de> Visitor<'de> for LenientValueVisitor {
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<LenientValue, E> {
         Ok(LenientValue::Text(bounded(v)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<LenientValue, E> {
-        Ok(LenientValue::WholeNumber(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<LenientValue, E> {
-        Ok(LenientValue::Other)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<LenientValue, E> {
-        Ok(LenientValue::Other)
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<LenientValue, E> {
@@ -817,6 +817,65 @@ mod tests {
         assert_eq!(i.tags, vec!["http", "blue"]);
         assert_eq!(i.modify_index, 0);
         assert_eq!(c.invalid, 0);
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_passed_over_not_the_instance() {
+        // serde_json cannot hold these ("number out of range"), yet they are valid JSON.
+        let huge = format!("1{}", "0".repeat(400));
+        let c = parse(&format!(
+            r#"[{{"Node":"a","ModifyIndex":1e400,"ServiceMeta":{{"w":1e400,"v":"1"}},
+                "NodeMeta":{{"n":-1e400,"zone":"z"}},"ServiceTags":[1e400,"t",[2e999]]}},
+               {{"Node":"b","ModifyIndex":{huge},"ServiceMeta":{{"w":{huge}}}}}]"#
+        ))
+        .unwrap();
+        assert_eq!(c.invalid, 0);
+        let nodes: Vec<&str> = c.instances.iter().map(|i| i.node.as_str()).collect();
+        assert_eq!(nodes, vec!["a", "b"]);
+        let i = &c.instances[0];
+        assert_eq!(i.modify_index, 0);
+        assert_eq!(i.meta, map(&[("v", "1")]));
+        assert_eq!(i.node_meta, map(&[("zone", "z")]));
+        assert_eq!(i.tags, vec!["t"]);
+        assert_eq!(c.instances[1].modify_index, 0);
+        assert!(c.instances[1].meta.is_empty());
+
+        let c = health(
+            r#"[{"Node":{"Node":"n","Meta":{"m":1e400}},
+                 "Service":{"ID":"s","ModifyIndex":-1e400,"Meta":{"w":1E+400},"Tags":[1e400]}}]"#,
+        )
+        .unwrap();
+        assert_eq!((c.instances.len(), c.invalid), (1, 0));
+        let i = &c.instances[0];
+        assert_eq!((i.node.as_str(), i.service_id.as_str()), ("n", "s"));
+        assert_eq!(i.modify_index, 0);
+        assert!(i.meta.is_empty() && i.node_meta.is_empty() && i.tags.is_empty());
+    }
+
+    #[test]
+    fn only_a_whole_number_within_u64_is_an_index() {
+        for (json, index) in [
+            ("0", 0),
+            ("51", 51),
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551616", 0),
+            ("-1", 0),
+            ("-0", 0),
+            ("12.0", 0),
+            ("1e2", 0),
+            ("\"12\"", 0),
+            ("true", 0),
+            ("null", 0),
+            ("[1]", 0),
+            ("{\"a\":1}", 0),
+        ] {
+            let c = parse(&format!(r#"[{{"ModifyIndex":{json}}}]"#)).unwrap();
+            assert_eq!(
+                (c.instances[0].modify_index, c.invalid),
+                (index, 0),
+                "{json}"
+            );
+        }
     }
 
     #[test]
