@@ -84,19 +84,20 @@ integration:
 E2E_RUN := cd tests/e2e && BIN_DIR=$(CURDIR)/target/debug node run.mjs
 
 demo-local:
-	@$(ENSURE) chromium
-	$(E2E_RUN) --demo
+	@$(ENSURE) chromium envoy
+	$(E2E_RUN) --demo --flavour envoy --flavour kong
 
 # What the browser runs need: the filter, the page, the binaries, playwright-core.
 e2e-deps:
 	cd web && npm ci --no-audit --no-fund && npm run build
-	cargo build -p consul-enricher-gateway -p echo-service -p consul-enricher-standins --bins
+	cargo build -p consul-enricher-gateway -p consul-enricher-envoy -p echo-service -p consul-enricher-standins --bins
 	cd tests/e2e && npm ci --no-audit --no-fund
 
-## e2e: headless Chromium clicks the page 20 times per gateway flavour; every trace is checked
+## e2e: headless Chromium clicks the page 20 times through the official Envoy and through
+## the test host's Kong flavour; every trace is checked
 e2e:
-	@$(ENSURE) chromium
-	$(E2E_RUN) --flavour kong --flavour envoy
+	@$(ENSURE) chromium envoy
+	$(E2E_RUN) --flavour envoy --flavour kong
 
 ## bench: every figure of the README's benchmark table
 bench:

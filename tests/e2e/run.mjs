@@ -1,11 +1,13 @@
-// End-to-end run of consul-enricher on one machine, without Docker, Kong or Envoy:
-// the Consul stand-in, two echo-service instances that register themselves with different
-// version/region, the OTLP receiver stand-in (with Jaeger's query API), the gateway binary
-// (consul_enricher.wasm in the wasmtime test host, Kong or Envoy flavour), the built demo
-// page on its own origin, and headless Chromium clicking Submit.
+// End-to-end run of consul-enricher on one machine, without Docker: the Consul stand-in,
+// two echo-service instances that register themselves with different version/region, the
+// OTLP receiver stand-in (with Jaeger's query API), a gateway with consul_enricher.wasm,
+// the built demo page on its own origin, and headless Chromium clicking Submit. The gateway:
+//   envoy  the official Envoy binary (envoy-gateway: envoy/envoy.yaml on loopback); Envoy's
+//          own span, exported by its OpenTelemetry tracer, is checked too
+//   kong   the wasmtime test host's Kong flavour (gateway), as ngx_wasm_module behaves
 //
 //   node run.mjs [--flavour kong|envoy]... [--clicks N]   checks every click's trace
-//   node run.mjs --demo                                    one click, prints its span tree
+//   node run.mjs --demo [--flavour kong|envoy]...          one click each, prints its span tree
 //
 // Binaries come from $BIN_DIR (default: $CARGO_TARGET_DIR/host or <repo>/target/host, as
 // `cargo build --profile host` leaves them), the filter from $CONSUL_ENRICHER_WASM (default
@@ -36,7 +38,12 @@ const INSTANCES = [
   { id: 'echo-2', version: '2.0.0-rc.1', region: 'us-east-1' },
 ];
 const UI_COMPONENT = 'checkout-form';
-const GATEWAY_SERVICE = 'api-gateway';
+// Per gateway: its binary, the service name of the filter's own span, and that of the
+// gateway's own span (Envoy's tracer; the test host has none).
+const GATEWAYS = {
+  kong: { binary: 'gateway', filterService: 'api-gateway', proxyService: null },
+  envoy: { binary: 'envoy-gateway', filterService: 'envoy-consul-enricher', proxyService: 'envoy-gateway' },
+};
 const BROWSER_SERVICE = 'checkout-web';
 const ECHO_SERVICE = 'echo';
 const STARTUP_TIMEOUT_MS = 30_000;
@@ -64,11 +71,8 @@ function parseArgs(argv) {
       throw new Error(`unknown argument ${flag}`);
     }
   }
-  if (args.flavours.length === 0) args.flavours.push('kong');
-  if (args.demo) {
-    args.flavours = args.flavours.slice(0, 1);
-    args.clicks = 1;
-  }
+  if (args.flavours.length === 0) args.flavours.push('envoy', 'kong');
+  if (args.demo) args.clicks = 1;
   return args;
 }
 
@@ -195,27 +199,23 @@ async function startStack() {
 
 function gatewayArgs(flavour, stack) {
   const spans = { enabled: true, flush_ms: 200, batch_size: 16 };
-  let config;
-  const clusters = [];
-  if (flavour === 'kong') {
-    config = {
-      host: 'kong',
-      consul: { upstream: hostPort(stack.consul), authority: 'consul', timeout_ms: 500 },
-      spans: { ...spans, upstream: hostPort(stack.otlp), authority: hostPort(stack.otlp) },
-    };
-  } else {
-    config = {
-      host: 'envoy',
-      consul: { upstream: 'consul', authority: 'consul', timeout_ms: 500 },
-      service: { from_host: false, from_cluster: true },
-      spans: { ...spans, upstream: 'otel-collector', authority: hostPort(stack.otlp) },
-    };
-    clusters.push('--cluster', `consul=${hostPort(stack.consul)}`, '--cluster', `otel-collector=${hostPort(stack.otlp)}`);
+  if (flavour === 'envoy') {
+    // envoy.yaml's filter configuration, with a quicker span flush.
+    return [
+      '--wasm', WASM, '--workers', '2', '--consul', hostPort(stack.consul), '--otlp', hostPort(stack.otlp),
+      ...stack.echoes.flatMap((e) => ['--echo', e.address]), '--allow-origin', stack.webOrigin,
+      '--config-json', JSON.stringify({ spans: { flush_ms: spans.flush_ms, batch_size: spans.batch_size } }),
+    ];
   }
+  const config = {
+    host: 'kong',
+    consul: { upstream: hostPort(stack.consul), authority: 'consul', timeout_ms: 500 },
+    spans: { ...spans, upstream: hostPort(stack.otlp), authority: hostPort(stack.otlp) },
+  };
   return [
     '--wasm', WASM, '--flavour', flavour, '--workers', '2', '--consul', stack.consul,
     '--route', `/echo=${ECHO_SERVICE}`, '--allow-origin', stack.webOrigin,
-    '--config-json', JSON.stringify(config), ...clusters,
+    '--config-json', JSON.stringify(config),
   ];
 }
 
@@ -276,20 +276,21 @@ function traceModel(trace) {
   });
 }
 
-async function fetchTrace(otlp, traceId) {
+async function fetchTrace(otlp, traceId, gateway) {
+  const needed = [gateway.filterService, gateway.proxyService, ECHO_SERVICE].filter(Boolean);
   return waitFor(`trace ${traceId} complete in the receiver`, TRACE_TIMEOUT_MS, async () => {
     const { status, body } = await getJson(`${otlp}/api/traces/${traceId}`);
     if (status !== 200 || !body?.data?.[0]) return { ok: false, why: `HTTP ${status}` };
     const spans = traceModel(body.data[0]);
     const services = new Set(spans.map((s) => s.service));
     const browserSpans = spans.filter((s) => s.service === BROWSER_SERVICE).length;
-    const ok = browserSpans >= 2 && services.has(GATEWAY_SERVICE) && services.has(ECHO_SERVICE);
+    const ok = browserSpans >= 2 && needed.every((name) => services.has(name));
     return { ok, value: spans, why: `services so far: ${[...services].join(', ')}` };
   });
 }
 
 // Every check of one click; returns the failures (empty when all hold).
-function checkClick(result, spans, echoes) {
+function checkClick(result, spans, echoes, gateway) {
   const failures = [];
   const expect = (condition, message) => {
     if (!condition) failures.push(message);
@@ -308,16 +309,26 @@ function checkClick(result, spans, echoes) {
   const click = roots[0];
   const fetchSpan = spans.find((s) => s.service === BROWSER_SERVICE && s !== click);
   expect(fetchSpan && fetchSpan.parent === click?.id, 'the fetch span is not a child of the click span');
-  const gateway = spans.filter((s) => s.service === GATEWAY_SERVICE);
-  expect(gateway.length === 1, `expected one filter span, got ${gateway.length}`);
-  const filterSpan = gateway[0];
+  const filterSpans = spans.filter((s) => s.service === gateway.filterService);
+  expect(filterSpans.length === 1, `expected one filter span, got ${filterSpans.length}`);
+  const filterSpan = filterSpans[0];
   if (filterSpan) {
     expect(filterSpan.parent === fetchSpan?.id, 'the filter span is not a child of the fetch span');
   }
+  // Envoy's span is the fetch's child and the upstream's parent (its router sends its own
+  // traceparent); without one, the filter's span is the upstream's parent.
+  let proxySpan = null;
+  if (gateway.proxyService) {
+    const proxySpans = spans.filter((s) => s.service === gateway.proxyService);
+    expect(proxySpans.length === 1, `expected one ${gateway.proxyService} span, got ${proxySpans.length}`);
+    proxySpan = proxySpans[0];
+    if (proxySpan) expect(proxySpan.parent === fetchSpan?.id, `the ${gateway.proxyService} span is not a child of the fetch span`);
+  }
+  const upstreamParent = gateway.proxyService ? proxySpan : filterSpan;
   const echoServer = spans.find((s) => s.service === ECHO_SERVICE && byId.get(s.parent)?.service !== ECHO_SERVICE);
   expect(echoServer, 'no echo-service server span');
-  if (!filterSpan || !echoServer) return failures;
-  expect(echoServer.parent === filterSpan.id, 'echo-service\'s span is not a child of the filter span');
+  if (!filterSpan || !echoServer || !upstreamParent) return failures;
+  expect(echoServer.parent === upstreamParent.id, `echo-service's span is not a child of the ${upstreamParent.service} span`);
 
   const answered = result.body?.instance;
   const echo = echoes.find((e) => e.id === answered?.id);
@@ -346,6 +357,17 @@ function checkClick(result, spans, echoes) {
     `echo-service saw baggage consul.service = ${tag(echoServer.tags, 'enrichment.baggage.consul.service')}`);
   expect(tag(echoServer.tags, 'enrichment.baggage.ui.component') === UI_COMPONENT,
     `echo-service saw baggage ui.component = ${tag(echoServer.tags, 'enrichment.baggage.ui.component')}`);
+  if (proxySpan) {
+    // envoy.yaml's custom tags: the instance that served, from the filter's filter state.
+    const proxyTag = (key) => tag(proxySpan.tags, key);
+    const [, port] = echo?.address.split(':') ?? [];
+    for (const [key, want] of [
+      ['consul.service.id', answered?.id], ['consul.service.meta.version', version],
+      ['consul.service.meta.region', region], ['server.port', port], ['service.peer.name', ECHO_SERVICE],
+    ]) {
+      expect(proxyTag(key) === want, `${gateway.proxyService} span: ${key} = ${proxyTag(key)}, want ${want}`);
+    }
+  }
   return failures;
 }
 
@@ -371,16 +393,17 @@ function printTree(spans) {
 // ---------------------------------------------------------------- main
 
 async function runFlavour(flavour, stack, args, tally) {
-  console.log(`== ${flavour}: gateway with consul_enricher.wasm`);
-  const gateway = await startProcess(`gateway (${flavour})`, join(BIN_DIR, 'gateway'), gatewayArgs(flavour, stack), {}, /^(http:\/\/\S+)/);
-  const results = await clickThrough(stack, gateway, args.clicks);
+  const gateway = GATEWAYS[flavour];
+  console.log(`== ${flavour}: ${gateway.binary} with consul_enricher.wasm`);
+  const url = await startProcess(`gateway (${flavour})`, join(BIN_DIR, gateway.binary), gatewayArgs(flavour, stack), {}, /^(http:\/\/\S+)/);
+  const results = await clickThrough(stack, url, args.clicks);
   const hits = new Map();
   for (const [index, result] of results.entries()) {
     let failures;
     let spans = [];
     try {
-      spans = await fetchTrace(stack.otlp, result.traceId);
-      failures = checkClick(result, spans, stack.echoes);
+      spans = await fetchTrace(stack.otlp, result.traceId, gateway);
+      failures = checkClick(result, spans, stack.echoes, gateway);
     } catch (error) {
       failures = [error.message];
     }
@@ -409,7 +432,8 @@ async function runFlavour(flavour, stack, args, tally) {
   const entry = started.find((e) => e.name === `gateway (${flavour})`);
   await stopProcess(entry);
   started.splice(started.indexOf(entry), 1);
-  const filterLines = entry.stderr.filter((line) => /trap|Error|Critical/.test(line));
+  // The test host's log levels are capitalised, Envoy's are not.
+  const filterLines = entry.stderr.filter((line) => /trap|Error|Critical|\[(error|critical)\]/.test(line));
   if (filterLines.length > 0) {
     tally.failed += 1;
     console.log(`FAIL ${flavour}: the gateway reported errors:\n  ${filterLines.join('\n  ')}`);
