@@ -103,10 +103,15 @@ impl Envoy {
             // Envoy writes its log to stderr at once (a --log-path file is flushed only
             // every few seconds).
             .stderr(std::fs::File::create(&log_path)?);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to stop Envoy when
-        // this process ends, so that no Envoy outlives a test that panicked.
+        // SAFETY: sigprocmask and prctl are async-signal-safe. A blocked signal mask is
+        // inherited through exec, and a caller may block SIGTERM (envoy-gateway waits for
+        // it): Envoy gets an empty one, so that SIGTERM stops it. The kernel then stops
+        // Envoy when this process ends, so that no Envoy outlives a test that panicked.
         unsafe {
             command.pre_exec(|| {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });

@@ -118,10 +118,14 @@ impl LogFollower {
     }
 }
 
+/// Blocks SIGTERM and SIGINT for `wait_for_signal`, and asks for SIGTERM when the parent
+/// (a browser run, a benchmark) ends without stopping this process.
 fn block_termination_signals() -> libc::sigset_t {
-    // SAFETY: a zeroed sigset_t is what sigemptyset initialises; the calls only touch it and
-    // this thread's signal mask, which the threads started later inherit.
+    // SAFETY: a zeroed sigset_t is what sigemptyset initialises; the calls only touch it,
+    // this thread's signal mask (which the threads started later inherit) and this
+    // process's parent-death signal.
     unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
