@@ -726,3 +726,51 @@ fn wait_for_span(collector: &OtlpStandin, trace_id: &str, service: &str) -> stan
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A module that traps on every request, in the file's filter slot. The request the VM
+/// fails on is answered 503 by Envoy (`Context::failStream`, response details
+/// `wasm_fail_stream`, `source/extensions/common/wasm/context.cc`); with envoy.yaml's
+/// `failure_policy: FAIL_OPEN` every later request passes on without the filter, so a
+/// broken filter costs one request per worker, never the route.
+#[test]
+fn a_filter_that_traps_is_bypassed_after_the_request_it_failed_on() {
+    let trapping = r#"(module
+        (memory (export "memory") 1)
+        (global $next (mut i32) (i32.const 1024))
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+          (local $at i32)
+          (local.set $at (global.get $next))
+          (global.set $next (i32.add (global.get $next) (local.get $size)))
+          (local.get $at))
+        (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)
+        (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_delete") (param i32)))"#;
+    let path = std::env::temp_dir().join(format!("trapping-{}.wasm", std::process::id()));
+    std::fs::write(&path, wat::parse_str(trapping).unwrap()).unwrap();
+    let echoes = echoes();
+    let mut loopback = loopback(closed_port_addr(), &echoes, json!({}));
+    loopback.wasm = path.clone();
+    let stack = start(&loopback, echoes, 1);
+    let failed_on = stack.get("/echo", &[]);
+    assert_eq!(failed_on.status, 503, "{failed_on:?}");
+    for _ in 0..3 {
+        let answer = stack.get("/echo", &[("x-consul-service", "forged")]);
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(answer.instance().starts_with("echo-"), "{answer:?}");
+        assert_eq!(
+            answer.upstream("x-consul-service"),
+            Some("forged"),
+            "the filter no longer runs"
+        );
+    }
+    assert!(
+        !stack.envoy.log_lines("unreachable").is_empty(),
+        "the trap happened: {}",
+        stack.envoy.log()
+    );
+    let _ = std::fs::remove_file(path);
+}
