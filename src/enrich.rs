@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 
 use crate::cache::Lookup;
-use crate::config::Config;
+use crate::config::{Config, HostKind};
 use crate::consul::Instance;
 use crate::header_value::{attribute_key, clean_text, sanitize};
 use crate::trace_context::Baggage;
@@ -304,6 +304,15 @@ pub fn instance_headers(config: &Config, instance: &Instance) -> Vec<(String, St
     headers
 }
 
+/// Envoy: the property path an attribute is set at for envoy.yaml's custom tags. Envoy keeps
+/// a property a Wasm filter sets as the filter state `wasm.` + its path
+/// (`Context::setProperty`, source/extensions/common/wasm/context.cc), which the tags read
+/// with `%FILTER_STATE(wasm.consul_enricher.<attribute>:PLAIN)%`. One segment: Envoy takes
+/// the path's bytes as they are, so NUL separators would end up in the key.
+pub fn filter_state_path(attribute: &str) -> String {
+    concat("consul_enricher.", attribute)
+}
+
 /// The attribute a request's lookup duration goes in.
 pub const LOOKUP_DURATION: &str = "consul.lookup.duration_ms";
 
@@ -342,6 +351,10 @@ pub struct InstanceView {
     pub attributes: Attributes,
     /// Its response headers (`headers.response`).
     pub headers: Vec<(String, String)>,
+    /// Envoy: each attribute as the property path it is set at for envoy.yaml's custom tags
+    /// (`consul_enricher.<attribute>`) and its text, so that a response only makes the
+    /// calls (empty on Kong).
+    pub filter_state: Vec<(String, String)>,
     /// The service's attributes that no request's own replaces and the instance's, as
     /// JSON object members.
     json_members: Vec<u8>,
@@ -355,6 +368,13 @@ impl InstanceView {
         let headers = instance
             .map(|i| instance_headers(config, i))
             .unwrap_or_default();
+        let filter_state = match config.host {
+            HostKind::Envoy => attributes
+                .iter()
+                .map(|(name, value)| (filter_state_path(name), value.to_text()))
+                .collect(),
+            HostKind::Kong => Vec::new(),
+        };
         let layers = RequestAttributes {
             service,
             own: &Vec::new(),
@@ -377,6 +397,7 @@ impl InstanceView {
         InstanceView {
             attributes,
             headers,
+            filter_state,
             json_members,
             replaceable,
         }

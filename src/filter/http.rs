@@ -44,17 +44,24 @@ fn log_invalid(shared: &Shared, what: &str, why: &str) {
     }
 }
 
-/// Envoy: the serving instance's attributes as filter state, one property per attribute
-/// (`wasm.consul_enricher.<attribute>`: Envoy keeps a property set by a Wasm filter under
-/// `wasm.` + its path, `Context::setProperty` in source/extensions/common/wasm/context.cc),
-/// which `envoy.yaml`'s custom tags read with `%FILTER_STATE(...:PLAIN)%` when the span is
-/// finalised, after the response.
-fn set_filter_state<'a>(attributes: impl Iterator<Item = &'a (String, enrich::AttrValue)>) {
-    for (name, value) in attributes {
-        let path = concat("consul_enricher.", name);
-        if let Err(status) = host::set_property(&path, value.to_text().as_bytes()) {
-            log::debug!("consul-enricher: cannot set filter state {path}: {status:?}");
-        }
+/// Envoy: the serving instance's attributes and the peer's as filter state, which
+/// envoy.yaml's custom tags read when the span is finalised, after the response (see
+/// [`enrich::filter_state_path`]). The instance's are prepared once per instance view.
+fn set_filter_state(peer: &enrich::Attributes, view: &enrich::InstanceView) {
+    let peer = peer
+        .iter()
+        .map(|(name, value)| (enrich::filter_state_path(name), value.to_text()));
+    for (path, value) in peer {
+        set_state(&path, &value);
+    }
+    for (path, value) in &view.filter_state {
+        set_state(path, value);
+    }
+}
+
+fn set_state(path: &str, value: &str) {
+    if let Err(status) = host::set_property(path, value.as_bytes()) {
+        log::debug!("consul-enricher: cannot set filter state {path}: {status:?}");
     }
 }
 
@@ -386,11 +393,12 @@ impl HttpContext for Http {
         let incoming = Incoming::read(config, &headers);
         let baggage = strip_incoming(&shared, &incoming);
         let trace = read_trace(&shared, &incoming);
+        let span_id = start_span(&shared, trace.as_ref());
         let baggage_attributes = baggage
             .as_ref()
+            .filter(|_| shared.own_attributes_wanted(span_id.is_some()))
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
-        let span_id = start_span(&shared, trace.as_ref());
         let target = resolve_target(&shared, &incoming);
         shared.state.borrow_mut().requests.insert(
             self.id,
@@ -475,9 +483,11 @@ impl HttpContext for Http {
         }
         let peer_attributes = peer.as_ref().map(enrich::for_peer).unwrap_or_default();
         if config.host == HostKind::Envoy {
-            set_filter_state(peer_attributes.iter().chain(&view.attributes));
+            set_filter_state(&peer_attributes, &view);
         }
-        req.attributes.extend(peer_attributes);
+        if shared.own_attributes_wanted(req.span_id.is_some()) {
+            req.attributes.extend(peer_attributes);
+        }
         if shared.kong_ctx_wanted() {
             shared.write_kong_ctx(&view, &req.attributes);
         }

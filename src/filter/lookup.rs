@@ -687,16 +687,18 @@ impl Shared {
             self.metrics.count(Counter::Enriched, 1);
         }
         self.metrics.count(lookup.counter(), 1);
-        // The baggage values, the lookup duration, and on the response the peer's two.
-        let mut attributes = Attributes::with_capacity(req.baggage_attributes.len() + 3);
-        attributes.append(&mut req.baggage_attributes);
-        attributes.push((
-            enrich::LOOKUP_DURATION.to_string(),
-            enrich::AttrValue::Int(
-                i64::try_from(now.saturating_sub(req.lookup_started_ms)).unwrap_or(i64::MAX),
-            ),
-        ));
-        req.attributes = attributes;
+        if self.own_attributes_wanted(req.span_id.is_some()) {
+            // The baggage values, the lookup duration, and on the response the peer's two.
+            let mut attributes = Attributes::with_capacity(req.baggage_attributes.len() + 3);
+            attributes.append(&mut req.baggage_attributes);
+            attributes.push((
+                enrich::LOOKUP_DURATION.to_string(),
+                enrich::AttrValue::Int(
+                    i64::try_from(now.saturating_sub(req.lookup_started_ms)).unwrap_or(i64::MAX),
+                ),
+            ));
+            req.attributes = attributes;
+        }
         req.service = Some(view);
         req.entry = entry;
     }
@@ -748,6 +750,14 @@ impl Shared {
             && self.config.kong_ctx_shared
             && self.kong_ctx_writable.get()
             && self.kong_lua.get() != Some(false)
+    }
+
+    /// Whether a request's own attributes (baggage values read, lookup duration, peer
+    /// address) have a taker: the filter's own span for it (`traced`) or Kong's span
+    /// companion. Otherwise they are not computed: on Envoy, whose span gets the instance
+    /// through filter state, a hit then allocates none of them.
+    pub fn own_attributes_wanted(&self, traced: bool) -> bool {
+        traced || self.kong_ctx_wanted()
     }
 
     /// Hands the request's attributes to Kong's Lua (`kong.ctx.shared.consul_enricher`),

@@ -4,7 +4,9 @@
 # throughput through the gateway, Consul load, memory and size, each beside the baseline
 # filter measured in the same run; then the fleet figures (bench-fleet): gateway processes
 # against one Consul with 1,000 services, poll mode against watch mode. Each part ends with
-# its machine-readable `key value` lines.
+# its machine-readable `key value` lines. Last, the same comparison on the official Envoy
+# (bench-envoy, tests/envoy): no filter, the baseline filter and the enricher on cache hits,
+# serving stale and with Consul down, in interleaved rounds through one Envoy.
 #
 # `tests/bench/run.sh --quick` does all of it briefly (tests/bench/smoke.sh uses it), on the
 # dev profile the other tests already built: its figures only show that everything runs.
@@ -40,8 +42,10 @@ if [ "$quick" = 1 ]; then
   cargo test --profile "$profile" -p consul-enricher-bench --benches
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host -- --quick
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-fleet -- --quick
+  cargo run --profile "$profile" -p consul-enricher-envoy --bin bench-envoy -- --quick
 else
   cargo bench --profile "$profile" -p consul-enricher-bench --bench filter_logic
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-fleet
+  cargo run --profile "$profile" -p consul-enricher-envoy --bin bench-envoy
 fi

@@ -9,7 +9,8 @@ out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 tests/bench/run.sh --quick | tee "$out"
 for key in ratio.hot_path_vs_baseline ratio.hit_host_calls_vs_baseline ratio.rps_vs_baseline consul.calls_per_cold_burst \
-  consul.calls_per_100k wasm.size_bytes consul.requests_per_service_minute.poll; do
+  consul.calls_per_100k wasm.size_bytes consul.requests_per_service_minute.poll \
+  ratio.envoy_hit_rps_vs_baseline; do
   if ! grep -Eq "^$key [0-9]+(\.[0-9]+)?$" "$out"; then
     echo "bench smoke: the line \`$key <number>\` is missing" >&2
     exit 1

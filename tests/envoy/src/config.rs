@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 /// The listener of envoy/envoy.yaml that carries the filter.
 pub const GATEWAY_LISTENER: &str = "gateway";
-const WASM_FILTER: &str = "envoy.filters.http.wasm";
+/// The name of the Wasm filter in envoy/envoy.yaml's HTTP filters.
+pub const WASM_FILTER: &str = "envoy.filters.http.wasm";
 const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 pub fn workspace_root() -> PathBuf {

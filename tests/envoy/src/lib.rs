@@ -16,6 +16,8 @@
 
 mod config;
 mod echo;
+mod upstream;
+pub mod wrk;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,9 +31,10 @@ use serde_json::Value;
 
 pub use config::{
     connection_manager, demo_file, gateway_listener, http_filter, merge, workspace_root, Loopback,
-    GATEWAY_LISTENER,
+    GATEWAY_LISTENER, WASM_FILTER,
 };
 pub use echo::{echo_service_binary, EchoService};
+pub use upstream::OkUpstream;
 
 /// The release `tests/tools/ensure.sh` installs; docker-compose.yml's image is the same
 /// (`make demo-check` compares them).
