@@ -7,7 +7,11 @@
   fields refused and every typed_config resolved, and no deprecated field, enum value or
   message (tests/demo/envoy_api.py, which first proves it refuses each of those);
 - the consul_enricher configurations inside kong/kong.yml and envoy/envoy.yaml against
-  the filter's Kong schema kong/consul_enricher.meta.json (JSON Schema draft 4);
+  the filter's Kong schema kong/consul_enricher.meta.json (JSON Schema draft 4), Kong's
+  with the schema's patterns run as Kong runs them (PCRE2);
+- the schema's patterns under Kong's regex engine: each compiles under PCRE2, PCRE2, Python's
+  re and ECMA-262 (regress) agree on a few probe strings, and tests/config-examples.json's
+  configurations are accepted or refused as the Rust tests expect;
 - that the three files agree with each other (mounts, DNS, shm_kv zone, clusters,
   instance addresses);
 - the Kong companion plugin's unit test (LuaJIT with lua-cjson, as in Kong);
@@ -19,6 +23,7 @@ Usage: python tests/demo/check.py [--skip-web]
 """
 
 import argparse
+import ctypes
 import importlib.resources
 import json
 import os
@@ -30,6 +35,8 @@ import re
 
 import envoy_api
 import jsonschema
+import regress
+from jsonschema.exceptions import ValidationError
 from ruamel.yaml import YAML, YAMLError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,14 +137,14 @@ def mount_target(service, source):
     return None
 
 
-def check_kong(report, compose, kong, config_schema):
-    validator = jsonschema.Draft4Validator(config_schema)
+def check_kong(report, compose, kong, config_schema, kong_validator):
+    validator = kong_validator(config_schema)
     configs = kong_filter_configs(kong)
     if not report.check("kong/kong.yml has one consul_enricher filter", len(configs) == 1, f"found {len(configs)}"):
         return
     where, config = configs[0]
     report.check(f"kong/kong.yml {where} is a JSON object", isinstance(config, dict), type(config).__name__)
-    report.schema(f"kong/kong.yml {where} is valid against consul_enricher.meta.json", validator, config)
+    report.schema(f"kong/kong.yml {where} is valid against consul_enricher.meta.json (PCRE2 patterns)", validator, config)
     report.check("kong/kong.yml filter config has host \"kong\"", config_value(config, config_schema, "host") == "kong")
 
     plugins = [plugin["name"] for plugin in kong.get("plugins") or []]
@@ -181,6 +188,138 @@ def check_kong(report, compose, kong, config_schema):
     report.check("Kong's DNS order allows SRV", "SRV" in env.get("KONG_DNS_ORDER", "").split(","))
 
 
+# ---------------------------------------------------------------- Kong's regex engine
+
+
+class Pcre2:
+    """Kong's regex engine. Kong validates a filter's configuration with lua-resty-ljsonschema,
+    whose `pattern` runs ngx.re.find(subject, pattern, "jo"): PCRE2 in Kong 3.9. "j" asks for
+    the JIT and "o" compiles a pattern once; neither changes the syntax, and without "u" the
+    subject is matched as bytes, not in UTF mode: no compile options."""
+
+    LIBRARY = "libpcre2-8.so.0"
+    JIT_COMPLETE = 1
+
+    def __init__(self):
+        lib = ctypes.CDLL(self.LIBRARY)
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        lib.pcre2_compile_8.restype = ctypes.c_void_p
+        lib.pcre2_compile_8.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32, ctypes.POINTER(ctypes.c_int), size_p, ctypes.c_void_p
+        ]
+        lib.pcre2_jit_compile_8.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.pcre2_match_data_create_from_pattern_8.restype = ctypes.c_void_p
+        lib.pcre2_match_data_create_from_pattern_8.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.pcre2_match_data_free_8.argtypes = [ctypes.c_void_p]
+        lib.pcre2_match_8.argtypes = [
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p
+        ]
+        lib.pcre2_get_error_message_8.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+        self.lib = lib
+        self.compiled = {}
+
+    def compile(self, pattern):
+        """(the compiled pattern, None) or (None, PCRE2's error), compiled once like "o"."""
+        if pattern not in self.compiled:
+            text = pattern.encode()
+            error, offset = ctypes.c_int(), ctypes.c_size_t()
+            code = self.lib.pcre2_compile_8(text, len(text), 0, ctypes.byref(error), ctypes.byref(offset), None)
+            if code:
+                # "j": where the JIT is missing, ngx.re runs the interpreter, as here.
+                self.lib.pcre2_jit_compile_8(code, self.JIT_COMPLETE)
+                self.compiled[pattern] = (code, None)
+            else:
+                message = ctypes.create_string_buffer(256)
+                self.lib.pcre2_get_error_message_8(error.value, message, len(message))
+                self.compiled[pattern] = (None, f"{message.value.decode()} (at offset {offset.value})")
+        return self.compiled[pattern]
+
+    def search(self, code, subject):
+        """Whether `subject` (bytes) matches; a match error counts as no match, as
+        ngx.re.find's nil does in ljsonschema."""
+        match_data = self.lib.pcre2_match_data_create_from_pattern_8(code, None)
+        try:
+            return self.lib.pcre2_match_8(code, subject, len(subject), 0, 0, match_data, None) >= 0
+        finally:
+            self.lib.pcre2_match_data_free_8(match_data)
+
+
+def kong_validator_class(pcre2):
+    """Draft 4, as Kong's: the schema's `pattern` run by PCRE2 on the string's UTF-8 bytes."""
+
+    def pattern(validator, pattern, instance, schema):
+        if not validator.is_type(instance, "string"):
+            return
+        code, error = pcre2.compile(pattern)
+        if error:
+            yield ValidationError(f"pattern {pattern!r} does not compile under PCRE2: {error}")
+        elif not pcre2.search(code, instance.encode()):
+            yield ValidationError(f"{instance!r} does not match {pattern!r} under PCRE2")
+
+    return jsonschema.validators.extend(jsonschema.Draft4Validator, {"pattern": pattern})
+
+
+def schema_patterns(schema, path=""):
+    """(dotted key, pattern) of every `pattern` in a schema; an array's items are `key[]`."""
+    if "pattern" in schema:
+        yield path, schema["pattern"]
+    for key, member in schema.get("properties", {}).items():
+        yield from schema_patterns(member, f"{path}.{key}" if path else key)
+    if "items" in schema:
+        yield from schema_patterns(schema["items"], f"{path}[]")
+
+
+# Where engines part: control characters, a final newline (PCRE2's and re's `$` also match
+# before one, ECMA-262's does not), a byte that is not ASCII.
+PATTERN_PROBES = ["echo", "", "a b", "a\tb", "a\nb", "a\n", "\x7f", "\x00", "é", "Zürich"]
+
+
+def check_kong_patterns(report, config_schema, kong_validator, pcre2, examples):
+    patterns = list(schema_patterns(config_schema))
+    broken = []
+    parted = []
+    for key, pattern in patterns:
+        code, error = pcre2.compile(pattern)
+        if error:
+            broken.append(f"{key}: pattern {pattern!r}: {error}")
+            continue
+        ecma = regress.Regex(pattern, flags="u")
+        for probe in PATTERN_PROBES:
+            answers = (pcre2.search(code, probe.encode()), bool(re.search(pattern, probe)), ecma.find(probe) is not None)
+            if len(set(answers)) > 1:
+                parted.append(f"{key} {pattern!r} on {probe!r}: PCRE2 {answers[0]}, re {answers[1]}, ECMA-262 {answers[2]}")
+    report.check(
+        f"the {len(patterns)} patterns of consul_enricher.meta.json compile under PCRE2 (Kong's ngx.re)",
+        not broken,
+        "; ".join(broken),
+    )
+    report.check(
+        "PCRE2, Python's re and ECMA-262 agree on the patterns of consul_enricher.meta.json",
+        not parted,
+        "; ".join(parted),
+    )
+
+    validator = kong_validator(config_schema)
+    # Cross-key rules are the parser's alone: the schema accepts those configurations.
+    accepted = examples["valid"] + [case["config"] for case in examples["invalid_by_parser_only"]]
+    refused = []
+    for config in accepted:
+        for error in validator.iter_errors(config):
+            where = "/".join(map(str, error.absolute_path)) or "(root)"
+            refused.append(f"{json.dumps(config)}: {where}: {error.message}")
+    report.check(
+        f"Kong's schema (PCRE2 patterns) accepts the {len(accepted)} configurations tests/config-examples.json says it does",
+        not refused,
+        "; ".join(refused),
+    )
+    passed = [json.dumps(case["config"]) for case in examples["invalid"] if validator.is_valid(case["config"])]
+    report.check(
+        f"Kong's schema (PCRE2 patterns) refuses the {len(examples['invalid'])} invalid configurations of tests/config-examples.json",
+        not passed,
+        "accepted: " + "; ".join(passed),
+    )
+
+
 def check_envoy(report, compose, envoy, config_schema):
     validator = jsonschema.Draft4Validator(config_schema)
     filters = envoy_wasm_filters(envoy)
@@ -213,7 +352,8 @@ def check_envoy(report, compose, envoy, config_schema):
         wanted["spans.upstream"] = config_value(config, config_schema, "spans.upstream")
     for key, cluster in wanted.items():
         report.check(f"Envoy has the cluster of {key} ({cluster})", cluster in clusters, f"clusters: {sorted(clusters)}")
-    tracer = hcm["tracing"]["provider"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    # Envoy's tracer exports OTLP/HTTP (the receiver of the filter's own spans takes it).
+    tracer = hcm["tracing"]["provider"]["typed_config"]["http_service"]["http_uri"]["cluster"]
     report.check(f"Envoy has the tracer's cluster ({tracer})", tracer in clusters)
     routes = [
         route["route"]["cluster"]
@@ -340,14 +480,22 @@ def main():
         kong = load_yaml(ROOT / "kong" / "kong.yml")
         envoy = load_yaml(ROOT / "envoy" / "envoy.yaml")
         config_schema = json.loads((ROOT / "kong" / "consul_enricher.meta.json").read_text())["config_schema"]
+        examples = json.loads((ROOT / "tests" / "config-examples.json").read_text())
     except (OSError, ValueError, KeyError, YAMLError) as error:
         report.check("the demo files can be read", False, f"{type(error).__name__}: {error}")
         return 1
+    try:
+        pcre2 = Pcre2()
+    except (OSError, AttributeError) as error:
+        report.check(f"Kong's regex engine PCRE2 ({Pcre2.LIBRARY}) loads", False, str(error))
+        return 1
+    kong_validator = kong_validator_class(pcre2)
 
     check_compose(report, compose)
     envoy_api.self_test(report)
     envoy_api.check(report, envoy)
-    check_kong(report, compose, kong, config_schema)
+    check_kong(report, compose, kong, config_schema, kong_validator)
+    check_kong_patterns(report, config_schema, kong_validator, pcre2, examples)
     check_envoy(report, compose, envoy, config_schema)
     check_instances(report, compose, envoy)
     check_companion(report)
