@@ -548,8 +548,9 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
             }
             calls = now;
         }
+        let rss_kib = subject.rss_kib()?;
         if index == 0 {
-            run.rss_before_kib = subject.rss_kib()?;
+            run.rss_before_kib = rss_kib;
         }
         run.phases.push(report::PhaseRecord {
             phase,
@@ -561,6 +562,7 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
                 .zip(filter_calls)
                 .map(|(after, before)| after - before),
             most_calls_in_a_window: most_in_a_window,
+            rss_kib,
         });
     }
     let recorded = load.stop();
@@ -575,7 +577,10 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
     run.errors = recorded.errors;
     run.samples = recorded.samples;
     if let Subject::Kong(gateway) = subject {
-        gateway.stop().context("the Kong flavour's gateway")?;
+        run.wasm_memory_bytes = gateway
+            .stop()
+            .context("the Kong flavour's gateway")?
+            .worker_memory_bytes;
     }
     Ok(run)
 }

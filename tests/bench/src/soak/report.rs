@@ -51,6 +51,8 @@ pub struct PhaseRecord {
     pub filter_calls: Option<i64>,
     /// The most reads one service got within one backoff window.
     pub most_calls_in_a_window: u64,
+    /// The gateway's resident memory at the phase's end.
+    pub rss_kib: Option<u64>,
 }
 
 pub struct Run {
@@ -65,6 +67,8 @@ pub struct Run {
     pub current_versions: Vec<Option<usize>>,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// The filter's linear memory per worker at the end, where the gateway reports it.
+    pub wasm_memory_bytes: Vec<u64>,
 }
 
 fn summary(samples: impl Iterator<Item = Duration>) -> Option<Summary> {
@@ -89,13 +93,14 @@ impl Run {
             current_versions: Vec::new(),
             rss_before_kib: None,
             rss_after_kib: None,
+            wasm_memory_bytes: Vec::new(),
         }
     }
 
     pub fn print_phases(&self, phase_length: Duration) {
         println!(
-            "  {:>3} {:<15} {:>7} {:>6} {:>7} {:>7} {:>7}   {:<40} consul calls",
-            "#", "phase", "req/s", "failed", "p50 ms", "p99 ms", "max ms", "consul.lookup"
+            "  {:>3} {:<15} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8}   {:<44} consul calls",
+            "#", "phase", "req/s", "failed", "p50 ms", "p99 ms", "max ms", "RSS KiB", "consul.lookup"
         );
         for (index, record) in self.phases.iter().enumerate() {
             let samples: Vec<&Sample> = self.samples.iter().filter(|s| s.phase == index).collect();
@@ -112,13 +117,14 @@ impl Run {
                 .filter_calls
                 .map_or(String::new(), |n| format!(" (filter: {n})"));
             println!(
-                "  {index:>3} {:<15} {:>7.0} {:>6} {:>7} {:>7} {:>7}   {:<40} {}{filter_calls}",
+                "  {index:>3} {:<15} {:>7.0} {:>6} {:>7} {:>7} {:>7} {:>8}   {:<44} {}{filter_calls}",
                 record.phase.name(),
                 samples.len() as f64 / seconds,
                 samples.iter().filter(|s| s.failed()).count(),
                 ms_or_na(latency, |s| s.median),
                 ms_or_na(latency, |s| s.p99),
                 ms_or_na(latency, |s| s.max),
+                record.rss_kib.map_or("n/a".into(), |k| k.to_string()),
                 lookups.join(" "),
                 record.consul_calls,
             );
@@ -127,6 +133,14 @@ impl Run {
             "  (phases of {phase_length:?}, the last one at least three TTLs; consul calls: reads \
              that reached Consul, the filter's own count in parentheses where the gateway has one)"
         );
+        if !self.wasm_memory_bytes.is_empty() {
+            let mib: Vec<String> = self
+                .wasm_memory_bytes
+                .iter()
+                .map(|b| format!("{:.2} MiB", *b as f64 / 1048576.0))
+                .collect();
+            println!("  the filter's linear memory per worker at the end: {}", mib.join(", "));
+        }
         for error in &self.errors {
             println!("  error: {error}");
         }
