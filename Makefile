@@ -101,12 +101,12 @@ e2e:
 
 ## bench: every figure of the README's benchmark table
 bench:
-	@$(ENSURE) rust node wrk
+	@$(ENSURE) rust node wrk envoy
 	tests/bench/run.sh
 
 ## bench-smoke: the benchmarks run briefly (that they run, never how fast)
 bench-smoke:
-	@$(ENSURE) rust node wrk
+	@$(ENSURE) rust node wrk envoy
 	tests/bench/smoke.sh
 
 ## demo-check: the demo files without Docker: Compose schema, filter configs against the

@@ -53,9 +53,7 @@ impl Route {
         let mut rest = path.get(self.prefix.len()..).unwrap_or_default();
         if self.service == SERVICE_FROM_PATH {
             let segment = rest.strip_prefix('/').unwrap_or(rest);
-            rest = segment
-                .find(['/', '?'])
-                .map_or("", |end| &segment[end..]);
+            rest = segment.find(['/', '?']).map_or("", |end| &segment[end..]);
         }
         match rest.strip_prefix('?') {
             Some(query) => format!("/?{query}"),
@@ -253,7 +251,11 @@ impl GatewayOptions {
     /// The path the upstream gets: `path` itself, or under `--strip-path` without what its
     /// route matched.
     pub fn upstream_path(&self, path: &str) -> String {
-        match self.routes.iter().find(|route| route.service_for(path).is_some()) {
+        match self
+            .routes
+            .iter()
+            .find(|route| route.service_for(path).is_some())
+        {
             Some(route) if self.strip_path => route.stripped(path),
             _ => path.to_string(),
         }
@@ -315,7 +317,16 @@ mod tests {
 
     #[test]
     fn strip_path_removes_what_the_route_matched() {
-        let options = parse(&["--upstream", "127.0.0.1:9000", "--route", "/svc=*", "--route", "/api=web", "--strip-path"]).unwrap();
+        let options = parse(&[
+            "--upstream",
+            "127.0.0.1:9000",
+            "--route",
+            "/svc=*",
+            "--route",
+            "/api=web",
+            "--strip-path",
+        ])
+        .unwrap();
         assert_eq!(options.upstream_path("/svc/web-7/echo?x=1"), "/echo?x=1");
         assert_eq!(options.upstream_path("/svc/web-7"), "/");
         assert_eq!(options.upstream_path("/svc/web-7?x=1"), "/?x=1");

@@ -15,7 +15,7 @@
 //!   no usable entry when the fault began (the only ones that may wait for Consul);
 //!   `..._cached` is the same for the others (hits and stale entries, which never wait).
 //! - `soak.<gateway>.calls_per_service_per_backoff`: the most Consul calls one service got
-//!   within one `cache.backoff_s` window during faults, beside the bound the backoff
+//!   within any `cache.backoff_s` during faults (by arrival time), beside the bound the backoff
 //!   policy sets (`..._bound`).
 //! - `soak.<gateway>.rss_growth_pct`: the gateway's resident memory, end against after the
 //!   first phase.
@@ -142,10 +142,7 @@ fn parse_args() -> Result<Settings> {
             "--external" => external_url = Some(value.trim_end_matches('/').to_string()),
             "--consul-listen" => consul_listen = Some(value.parse()?),
             "--echo-listen" => {
-                echo_listen = value
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
+                echo_listen = value.split(',').map(str::parse).collect::<Result<_, _>>()?
             }
             "--rss-pid" => rss_pids.push(u32::try_from(number()?)?),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -314,7 +311,11 @@ impl World {
         let fault = match phase {
             Phase::Healthy | Phase::Unreachable => Fault::None,
             Phase::Status500 => Fault::Status(500, "rpc error making call: EOF".into()),
-            Phase::Status429 => Fault::Status(429, "Your IP is issuing too many concurrent connections, please rate limit your calls".into()),
+            Phase::Status429 => Fault::Status(
+                429,
+                "Your IP is issuing too many concurrent connections, please rate limit your calls"
+                    .into(),
+            ),
             Phase::Slow => Fault::Delay(Duration::from_millis(u64::from(TIMEOUT_MS)) + SLOW_BY),
             Phase::InvalidJson => Fault::InvalidJson,
             Phase::Oversized => Fault::Oversized(2 * MAX_BODY_BYTES),
@@ -328,12 +329,28 @@ impl World {
         Ok(())
     }
 
-    /// Consul reads of each service so far.
-    fn calls(&self) -> Vec<u64> {
-        self.services
-            .iter()
-            .map(|name| self.consul.requests(&format!("/v1/catalog/service/{name}")))
-            .collect()
+    /// Consul reads of the services so far.
+    fn calls(&self) -> u64 {
+        self.consul.requests("/v1/catalog/service/")
+    }
+
+    /// Per service, when its reads reached Consul during faults (since `began`).
+    fn fault_calls(&self, began: Instant, phases: &[report::PhaseRecord]) -> Vec<Vec<Duration>> {
+        let mut calls = vec![Vec::new(); self.services.len()];
+        for request in self.consul.request_log() {
+            let Some(name) = request.path.strip_prefix("/v1/catalog/service/") else {
+                continue;
+            };
+            let at = request.received.saturating_duration_since(began);
+            let in_fault = phases
+                .iter()
+                .any(|p| p.phase.is_fault() && p.start <= at && at < p.end);
+            if let (true, Some(service)) = (in_fault, self.services.iter().position(|s| s == name))
+            {
+                calls[service].push(at);
+            }
+        }
+        calls
     }
 }
 
@@ -515,8 +532,11 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
         settings.threads,
         settings.rate,
     );
-    let mut run = Run::new(label, settings.threads, subject.calls_bound(settings.threads));
-    let window = Duration::from_secs(u64::from(BACKOFF_S));
+    let mut run = Run::new(
+        label,
+        settings.threads,
+        subject.calls_bound(settings.threads),
+    );
     let last = schedule.phases.len() - 1;
     for (index, &phase) in schedule.phases.iter().enumerate() {
         if index > 0 {
@@ -532,22 +552,14 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
         let filter_calls = subject.filter_calls();
         // The recovery phase is long enough to see every service back after one TTL.
         let length = match index == last {
-            true => settings.phase.max(Duration::from_secs(3 * u64::from(TTL_S))),
+            true => settings
+                .phase
+                .max(Duration::from_secs(3 * u64::from(TTL_S))),
             false => settings.phase,
         };
-        let mut calls = world.calls();
-        let mut most_in_a_window = 0;
-        let mut in_phase = 0;
-        let windows = (length.as_secs_f64() / window.as_secs_f64()).round() as u32;
-        for n in 1..=windows.max(1) {
-            std::thread::sleep((start + window * n).saturating_sub(began.elapsed()));
-            let now = world.calls();
-            for (before, after) in calls.iter().zip(&now) {
-                most_in_a_window = most_in_a_window.max(after - before);
-                in_phase += after - before;
-            }
-            calls = now;
-        }
+        let calls = world.calls();
+        std::thread::sleep((start + length).saturating_sub(began.elapsed()));
+        let in_phase = world.calls() - calls;
         let rss_kib = subject.rss_kib()?;
         if index == 0 {
             run.rss_before_kib = rss_kib;
@@ -561,7 +573,6 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
                 .filter_calls()
                 .zip(filter_calls)
                 .map(|(after, before)| after - before),
-            most_calls_in_a_window: most_in_a_window,
             rss_kib,
         });
     }
@@ -574,6 +585,7 @@ fn soak(settings: &Settings, schedule: &Schedule, gateway: Option<&str>) -> Resu
         })
         .collect();
     run.services = world.services.len();
+    run.fault_calls = world.fault_calls(began, &run.phases);
     run.errors = recorded.errors;
     run.samples = recorded.samples;
     if let Subject::Kong(gateway) = subject {
@@ -589,8 +601,8 @@ fn main() -> Result<()> {
     let settings = parse_args()?;
     let schedule = Schedule::new(settings.cycles);
     println!(
-        "Soak: filter {}, consul.timeout_ms {TIMEOUT_MS}, cache.ttl_s {TTL_S}, backoff {BACKOFF_S} s \
-         doubling up to {MAX_BACKOFF_S} s; {} echo-service instances per service",
+        "Soak: filter {}, consul.timeout_ms {TIMEOUT_MS}, cache.ttl_s {TTL_S}, cache.backoff_s \
+         {BACKOFF_S}, cache.max_backoff_s {MAX_BACKOFF_S}; {} echo-service instances per service",
         real_envoy::filter_wasm().display(),
         ECHO_INSTANCES,
     );
@@ -606,7 +618,7 @@ fn main() -> Result<()> {
     }
     println!();
     for run in &runs {
-        run.print_key_lines(TIMEOUT_MS, TTL_S);
+        run.print_key_lines(TIMEOUT_MS, TTL_S, Duration::from_secs(u64::from(BACKOFF_S)));
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ impl Phase {
         }
     }
 
-    fn is_fault(self) -> bool {
+    pub fn is_fault(self) -> bool {
         self != Phase::Healthy
     }
 }
@@ -49,8 +49,6 @@ pub struct PhaseRecord {
     pub consul_calls: u64,
     /// Calls the filter made, unreachable ones included (where the gateway counts them).
     pub filter_calls: Option<i64>,
-    /// The most reads one service got within one backoff window.
-    pub most_calls_in_a_window: u64,
     /// The gateway's resident memory at the phase's end.
     pub rss_kib: Option<u64>,
 }
@@ -63,6 +61,8 @@ pub struct Run {
     pub samples: Vec<Sample>,
     pub errors: Vec<String>,
     pub services: usize,
+    /// Per service, when its reads reached Consul during faults.
+    pub fault_calls: Vec<Vec<Duration>>,
     /// Per service, the index of Consul's current `version` value in the load's list.
     pub current_versions: Vec<Option<usize>>,
     pub rss_before_kib: Option<u64>,
@@ -70,6 +70,9 @@ pub struct Run {
     /// The filter's linear memory per worker at the end, where the gateway reports it.
     pub wasm_memory_bytes: Vec<u64>,
 }
+
+/// How far the host's clock may be off when the filter reads it (see `most_calls_within`).
+const CLOCK_SLACK: Duration = Duration::from_millis(10);
 
 fn summary(samples: impl Iterator<Item = Duration>) -> Option<Summary> {
     let mut latencies: Vec<Duration> = samples.collect();
@@ -90,6 +93,7 @@ impl Run {
             samples: Vec::new(),
             errors: Vec::new(),
             services: 0,
+            fault_calls: Vec::new(),
             current_versions: Vec::new(),
             rss_before_kib: None,
             rss_after_kib: None,
@@ -100,7 +104,15 @@ impl Run {
     pub fn print_phases(&self, phase_length: Duration) {
         println!(
             "  {:>3} {:<15} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8}   {:<44} consul calls",
-            "#", "phase", "req/s", "failed", "p50 ms", "p99 ms", "max ms", "RSS KiB", "consul.lookup"
+            "#",
+            "phase",
+            "req/s",
+            "failed",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "RSS KiB",
+            "consul.lookup"
         );
         for (index, record) in self.phases.iter().enumerate() {
             let samples: Vec<&Sample> = self.samples.iter().filter(|s| s.phase == index).collect();
@@ -109,7 +121,10 @@ impl Run {
             let lookups: Vec<String> = Lookup::ALL
                 .iter()
                 .map(|&lookup| {
-                    let n = samples.iter().filter(|s| s.lookup() == Some(lookup)).count();
+                    let n = samples
+                        .iter()
+                        .filter(|s| s.lookup() == Some(lookup))
+                        .count();
                     format!("{} {n}", lookup.label())
                 })
                 .collect();
@@ -139,7 +154,10 @@ impl Run {
                 .iter()
                 .map(|b| format!("{:.2} MiB", *b as f64 / 1048576.0))
                 .collect();
-            println!("  the filter's linear memory per worker at the end: {}", mib.join(", "));
+            println!(
+                "  the filter's linear memory per worker at the end: {}",
+                mib.join(", ")
+            );
         }
         for error in &self.errors {
             println!("  error: {error}");
@@ -152,7 +170,11 @@ impl Run {
         for sample in &self.samples {
             let usable = matches!(
                 sample.outcome,
-                Outcome::Answered { lookup: Lookup::Hit | Lookup::Stale | Lookup::Miss, version: Some(_), .. }
+                Outcome::Answered {
+                    lookup: Lookup::Hit | Lookup::Stale | Lookup::Miss,
+                    version: Some(_),
+                    ..
+                }
             );
             if usable && first[sample.service].is_none() {
                 first[sample.service] = Some(sample.answered_at());
@@ -176,10 +198,7 @@ impl Run {
                 _ => cold.push(sample.latency),
             }
         }
-        (
-            summary(cold.into_iter()),
-            summary(cached.into_iter()),
-        )
+        (summary(cold.into_iter()), summary(cached.into_iter()))
     }
 
     /// How long after the last fault every service was answered as a hit with Consul's
@@ -201,20 +220,45 @@ impl Run {
             .try_fold(Duration::ZERO, |most, at| Some(most.max(at?)))
     }
 
-    pub fn print_key_lines(&self, timeout_ms: u32, ttl_s: u32) {
+    /// The shortest time between two reads of one service during faults.
+    fn shortest_spacing(&self) -> Option<Duration> {
+        self.fault_calls
+            .iter()
+            .flat_map(|arrivals| arrivals.windows(2).map(|pair| pair[1] - pair[0]))
+            .min()
+    }
+
+    /// The most reads one service got within any `backoff` during faults. The filter times
+    /// its backoff by the host's clock, in whole milliseconds read from the event loop's
+    /// cached time, so reads a backoff apart by that clock may arrive a little less than a
+    /// backoff apart: [`CLOCK_SLACK`] less counts as a backoff.
+    fn most_calls_within(&self, backoff: Duration) -> usize {
+        let backoff = backoff.saturating_sub(CLOCK_SLACK);
+        self.fault_calls
+            .iter()
+            .flat_map(|arrivals| {
+                arrivals.iter().enumerate().map(move |(first, &from)| {
+                    arrivals[first..]
+                        .iter()
+                        .take_while(|&&at| at < from + backoff)
+                        .count()
+                })
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn print_key_lines(&self, timeout_ms: u32, ttl_s: u32, backoff: Duration) {
         let key = |name: &str| format!("soak.{}.{name}", self.label);
         let failed = self.samples.iter().filter(|s| s.failed()).count();
         let (cold, cached) = self.fault_latencies();
-        let calls = self
-            .phases
-            .iter()
-            .filter(|p| p.phase.is_fault())
-            .map(|p| p.most_calls_in_a_window)
-            .max()
-            .unwrap_or(0);
+        let calls = self.most_calls_within(backoff);
         let growth = match (self.rss_before_kib, self.rss_after_kib) {
             (Some(before), Some(after)) if before > 0 => {
-                format!("{:.1}", (after as f64 - before as f64) * 100.0 / before as f64)
+                format!(
+                    "{:.1}",
+                    (after as f64 - before as f64) * 100.0 / before as f64
+                )
             }
             _ => "n/a".to_string(),
         };
@@ -235,8 +279,16 @@ impl Run {
             self.threads,
         );
         println!("{} {failed}", key("failed_requests"));
-        println!("{} {}", key("p99_ms_during_faults"), ms_or_na(cold, |s| s.p99));
-        println!("{} {}", key("max_ms_during_faults"), ms_or_na(cold, |s| s.max));
+        println!(
+            "{} {}",
+            key("p99_ms_during_faults"),
+            ms_or_na(cold, |s| s.p99)
+        );
+        println!(
+            "{} {}",
+            key("max_ms_during_faults"),
+            ms_or_na(cold, |s| s.max)
+        );
         println!(
             "{} {}",
             key("p99_ms_during_faults_cached"),
@@ -247,6 +299,14 @@ impl Run {
             "{} {}",
             key("calls_per_service_per_backoff_bound"),
             self.calls_bound
+        );
+        println!(
+            "{} {}",
+            key("shortest_call_spacing_ms"),
+            ms_or_na(
+                self.shortest_spacing().map(|d| Summary::of(&mut [d])),
+                |s| s.max
+            )
         );
         println!("{} {growth}", key("rss_growth_pct"));
         println!("{} {}", key("recovered_within_ttl"), u8::from(within));
