@@ -3,10 +3,12 @@
 # the enrichment step, then the host-level figures (bench-host): per-request cost, wrk
 # throughput through the gateway, Consul load, memory and size, each beside the baseline
 # filter measured in the same run; then the fleet figures (bench-fleet): gateway processes
-# against one Consul with 1,000 services, poll mode against watch mode. Each part ends with
-# its machine-readable `key value` lines. Last, the same comparison on the official Envoy
-# (bench-envoy, tests/envoy): no filter, the baseline filter and the enricher on cache hits,
-# serving stale and with Consul down, in interleaved rounds through one Envoy.
+# against one Consul with 1,000 services, poll mode against watch mode; then the same
+# comparison on the official Envoy (bench-envoy, tests/envoy): no filter, the baseline filter
+# and the enricher on cache hits, serving stale and with Consul down, in interleaved rounds
+# through one Envoy; last the soak (bench-soak): a steady load through the official Envoy
+# and the Kong flavour while Consul fails in every way it can (docs/soak.md). Each part ends
+# with its machine-readable `key value` lines.
 #
 # `tests/bench/run.sh --quick` does all of it briefly (tests/bench/smoke.sh uses it), on the
 # dev profile the other tests already built: its figures only show that everything runs.
@@ -34,8 +36,10 @@ export CONSUL_ENRICHER_WASM="$PWD/dist/consul_enricher.wasm"
 export BASELINE_FILTER_WASM="$target_dir/bench/baseline_filter.wasm"
 
 if [ "$quick" = 1 ]; then profile=dev; else profile=host; fi
-# bench-host and bench-fleet run the gateway binary from their own directory.
+# bench-host, bench-fleet and bench-soak run the gateway binary from their own directory;
+# bench-soak runs echo-service from the dev profile's, as the Envoy tests do.
 cargo build --profile "$profile" -p consul-enricher-gateway --bin gateway
+cargo build -p echo-service
 
 if [ "$quick" = 1 ]; then
   # Each micro-benchmark runs once, as a test.
@@ -43,9 +47,11 @@ if [ "$quick" = 1 ]; then
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host -- --quick
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-fleet -- --quick
   cargo run --profile "$profile" -p consul-enricher-envoy --bin bench-envoy -- --quick
+  cargo run --profile "$profile" -p consul-enricher-bench --bin bench-soak -- --quick
 else
   cargo bench --profile "$profile" -p consul-enricher-bench --bench filter_logic
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-host
   cargo run --profile "$profile" -p consul-enricher-bench --bin bench-fleet
   cargo run --profile "$profile" -p consul-enricher-envoy --bin bench-envoy
+  cargo run --profile "$profile" -p consul-enricher-bench --bin bench-soak
 fi

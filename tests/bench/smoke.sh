@@ -24,4 +24,14 @@ for key in consul.requests_per_service_minute.watch consul.change_visible_p50_ms
     exit 1
   fi
 done
+for gateway in envoy kong_flavour; do
+  for figure in failed_requests p99_ms_during_faults calls_per_service_per_backoff rss_growth_pct \
+    recovered_within_ttl; do
+    key="soak.$gateway.$figure"
+    if ! grep -Eq "^$key -?[0-9]+(\.[0-9]+)?$" "$out"; then
+      echo "bench smoke: the line \`$key <number>\` is missing" >&2
+      exit 1
+    fi
+  done
+done
 echo "bench smoke: all benchmarks ran"

@@ -13,7 +13,7 @@ use crate::fixtures::{
     enricher_config, forward_and_respond, host_options, lookup_attribute, lookup_header, register,
     respond, traced_request, Wasm,
 };
-use crate::stats::Summary;
+use consul_enricher_bench::stats::Summary;
 
 const SERVICE: &str = "echo";
 const WAIT: Duration = Duration::from_secs(10);

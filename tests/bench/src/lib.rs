@@ -1,5 +1,9 @@
-//! What both benchmark binaries (`bench-host`, `bench-fleet`) use: the `gateway` binary and
-//! an upstream on loopback that answers every request (the one `bench-envoy` uses too).
+//! What the benchmark binaries (`bench-host`, `bench-fleet`, `bench-soak`) share: the
+//! `gateway` binary, one gateway process, and an upstream on loopback that answers every
+//! request (the one `bench-envoy` uses too).
+
+pub mod gateway;
+pub mod stats;
 
 use std::path::PathBuf;
 

@@ -8,13 +8,12 @@
 mod consul_load;
 mod fixtures;
 mod host_cost;
-mod stats;
 mod throughput;
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::fixtures::Wasm;
-use crate::stats::{micros, Summary};
+use consul_enricher_bench::stats::{micros, Summary};
 
 struct Sizes {
     warmup: usize,

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-/// Median and 99th percentile of a set of per-request timings.
+/// Median, 99th percentile and maximum of a set of per-request timings.
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {
     pub median: Duration,
     pub p99: Duration,
+    pub max: Duration,
     pub samples: usize,
 }
 
@@ -17,6 +18,7 @@ impl Summary {
         Summary {
             median: percentile(samples, 50.0),
             p99: percentile(samples, 99.0),
+            max: percentile(samples, 100.0),
             samples: samples.len(),
         }
     }
@@ -32,6 +34,10 @@ pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +48,7 @@ mod tests {
         let s = Summary::of(&mut samples);
         assert_eq!(s.median, Duration::from_micros(50));
         assert_eq!(s.p99, Duration::from_micros(99));
+        assert_eq!(s.max, Duration::from_micros(100));
         assert_eq!(s.samples, 100);
         let s = Summary::of(&mut [Duration::from_micros(7)]);
         assert_eq!(

@@ -269,12 +269,7 @@ impl Envoy {
 
     /// Resident memory of the Envoy process, in KiB (from /proc).
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS for Envoy"))
+        rss_kib(self.child.id())
     }
 
     /// SIGTERM, then SIGKILL after 5 s.
@@ -303,6 +298,16 @@ impl Drop for Envoy {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Resident memory of process `pid`, in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for process {pid}"))
 }
 
 fn fresh_dir() -> Result<PathBuf> {

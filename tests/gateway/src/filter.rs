@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use test_host::{Host, HostOptions, LocalResponse, LogLevel, Phase, RequestHandle, RequestSpec};
+use test_host::{
+    Host, HostOptions, LocalResponse, LogLevel, Phase, RequestHandle, RequestRecord, RequestSpec,
+};
 use tokio::sync::oneshot;
 
 use crate::options::GatewayOptions;
@@ -188,7 +190,7 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
         }
         waiters = waiters
             .into_iter()
-            .filter_map(|waiter| settle(&host, waiter))
+            .filter_map(|waiter| settle(&mut host, waiter))
             .collect();
         if last_log_check.elapsed() >= LOG_EVERY {
             logs_printed = print_logs(&host, logs_printed, level);
@@ -200,12 +202,23 @@ fn run(mut host: Host, commands: mpsc::Receiver<Command>, level: LogLevel) {
 }
 
 /// Answers a waiter whose request reached a state the proxy can act on; gives it back
-/// while the filter still holds the request.
-fn settle(host: &Host, waiter: Waiter) -> Option<Waiter> {
+/// while the filter still holds the request. A request the filter is done with is
+/// forgotten by the host (which otherwise keeps every record, and a long run's memory
+/// would grow with each request).
+fn settle(host: &mut Host, waiter: Waiter) -> Option<Waiter> {
     let handle = match &waiter {
         Waiter::Request(handle, _) | Waiter::Response(handle, _) => *handle,
     };
     let record = host.record(handle)?;
+    if matches!(record.phase, Phase::Completed | Phase::Failed(_)) {
+        let left = answer(record, waiter);
+        host.take_record(handle);
+        return left;
+    }
+    answer(record, waiter)
+}
+
+fn answer(record: &RequestRecord, waiter: Waiter) -> Option<Waiter> {
     let local = record.local_response.clone().map(Verdict::Local);
     match waiter {
         Waiter::Request(handle, reply) => {

@@ -20,6 +20,8 @@ usage: gateway --consul URL [options]
   --route PREFIX=SERVICE  path prefix routed to a Consul service (default /echo=echo);
                           SERVICE * takes the service from the path segment after PREFIX
                           (--route /svc=* sends /svc/web/x to the service web)
+  --strip-path            Kong's route strip_path: the upstream gets the path without the
+                          route's prefix (and, with *, without the service segment)
   --upstream ADDR         forward every request to ip:port instead of an instance of the
                           service from Consul (the filter still looks the service up)
   --cluster NAME=ADDR     Envoy: dispatch cluster name -> ip:port (repeatable)
@@ -45,6 +47,21 @@ pub fn service_host(service: &str) -> String {
 }
 
 impl Route {
+    /// `path` as the upstream gets it under Kong's `strip_path`: without the prefix (and,
+    /// for `*`, the service segment); `/` when nothing is left. `path` matches this route.
+    pub fn stripped(&self, path: &str) -> String {
+        let mut rest = path.get(self.prefix.len()..).unwrap_or_default();
+        if self.service == SERVICE_FROM_PATH {
+            let segment = rest.strip_prefix('/').unwrap_or(rest);
+            rest = segment.find(['/', '?']).map_or("", |end| &segment[end..]);
+        }
+        match rest.strip_prefix('?') {
+            Some(query) => format!("/?{query}"),
+            None if rest.is_empty() => "/".to_string(),
+            None => format!("/{}", rest.trim_start_matches('/')),
+        }
+    }
+
     /// The service `path` goes to, if it matches this route.
     pub fn service_for(&self, path: &str) -> Option<String> {
         if !self.matches(path) {
@@ -82,6 +99,7 @@ pub struct GatewayOptions {
     /// `ip:port` every request goes to instead of an instance from Consul.
     pub upstream: Option<String>,
     pub routes: Vec<Route>,
+    pub strip_path: bool,
     pub clusters: HashMap<String, String>,
     pub shm_zones: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -132,6 +150,7 @@ impl GatewayOptions {
         let mut consul = None;
         let mut upstream = None;
         let mut routes = Vec::new();
+        let mut strip_path = false;
         let mut clusters = HashMap::new();
         let mut shm_zones = Vec::new();
         let mut allowed_origins = Vec::new();
@@ -140,6 +159,10 @@ impl GatewayOptions {
 
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
+            if flag == "--strip-path" {
+                strip_path = true;
+                continue;
+            }
             let value = args.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--wasm" => wasm = PathBuf::from(value),
@@ -211,6 +234,7 @@ impl GatewayOptions {
             consul,
             upstream,
             routes,
+            strip_path,
             clusters,
             shm_zones,
             allowed_origins,
@@ -222,6 +246,19 @@ impl GatewayOptions {
     /// The service of the first route `path` matches.
     pub fn service_for(&self, path: &str) -> Option<String> {
         self.routes.iter().find_map(|route| route.service_for(path))
+    }
+
+    /// The path the upstream gets: `path` itself, or under `--strip-path` without what its
+    /// route matched.
+    pub fn upstream_path(&self, path: &str) -> String {
+        match self
+            .routes
+            .iter()
+            .find(|route| route.service_for(path).is_some())
+        {
+            Some(route) if self.strip_path => route.stripped(path),
+            _ => path.to_string(),
+        }
     }
 
     pub fn origin_allowed(&self, origin: &str) -> bool {
@@ -276,6 +313,28 @@ mod tests {
         assert_eq!(options.service_for("/svc"), None);
         assert_eq!(options.service_for("/svc/"), None);
         assert_eq!(options.service_for("/other/web"), None);
+    }
+
+    #[test]
+    fn strip_path_removes_what_the_route_matched() {
+        let options = parse(&[
+            "--upstream",
+            "127.0.0.1:9000",
+            "--route",
+            "/svc=*",
+            "--route",
+            "/api=web",
+            "--strip-path",
+        ])
+        .unwrap();
+        assert_eq!(options.upstream_path("/svc/web-7/echo?x=1"), "/echo?x=1");
+        assert_eq!(options.upstream_path("/svc/web-7"), "/");
+        assert_eq!(options.upstream_path("/svc/web-7?x=1"), "/?x=1");
+        assert_eq!(options.upstream_path("/api/echo"), "/echo");
+        assert_eq!(options.upstream_path("/api"), "/");
+        assert_eq!(options.upstream_path("/other/x"), "/other/x");
+        let kept = parse(&["--upstream", "127.0.0.1:9000", "--route", "/svc=*"]).unwrap();
+        assert_eq!(kept.upstream_path("/svc/web-7/echo"), "/svc/web-7/echo");
     }
 
     #[test]

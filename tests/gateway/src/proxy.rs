@@ -245,7 +245,9 @@ impl Gateway {
         body: Bytes,
     ) -> Result<Response<Bytes>, String> {
         let method = find_header(headers, ":method").unwrap_or("GET");
-        let path = find_header(headers, ":path").unwrap_or("/");
+        let path = self
+            .options
+            .upstream_path(find_header(headers, ":path").unwrap_or("/"));
         let host = match self.options.flavour {
             Flavour::Kong => service_host(service),
             Flavour::Envoy => find_header(headers, ":authority")
@@ -254,7 +256,7 @@ impl Gateway {
         };
         let mut builder = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(path.as_str())
             .header("host", host);
         for (name, value) in headers.iter().filter(|(name, _)| forwarded(name)) {
             builder = builder.header(name.as_str(), value.as_str());

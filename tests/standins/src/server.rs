@@ -9,12 +9,13 @@ use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -122,7 +123,7 @@ async fn accept_loop(
 }
 
 #[derive(Debug)]
-struct ResetRequested;
+pub(crate) struct ResetRequested;
 
 impl fmt::Display for ResetRequested {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,14 +145,14 @@ async fn serve_connection(stream: TcpStream, handler: Arc<dyn Handler>) {
         let socket = socket.clone();
         async move {
             match handler.handle(request).await {
-                Reply::Respond(response) => Ok(response),
+                Reply::Respond(response) => Ok(response.map(Either::Left)),
                 Reply::Reset => {
                     arm_reset(&socket);
                     Err(ResetRequested)
                 }
                 Reply::ResetMidBody(response) => {
                     arm_reset(&socket);
-                    Ok(truncated(response).await)
+                    Ok(truncated(response).await.map(Either::Right))
                 }
             }
         }
@@ -169,9 +170,9 @@ fn arm_reset(socket: &StdTcpStream) {
     }
 }
 
-/// The response with its full `Content-Length` but half its body: hyper fails the
-/// connection when the body ends early, and the armed linger turns that into a reset.
-async fn truncated(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+/// The response with its full `Content-Length` but only half its body, then a failure:
+/// hyper ends the connection there, and the armed linger turns that into a reset.
+async fn truncated(response: Response<Full<Bytes>>) -> Response<HalfThenFail> {
     let (mut parts, body) = response.into_parts();
     let body = body
         .collect()
@@ -182,7 +183,42 @@ async fn truncated(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
         hyper::header::CONTENT_LENGTH,
         hyper::header::HeaderValue::from(body.len()),
     );
-    Response::from_parts(parts, Full::new(body.slice(..body.len() / 2)))
+    Response::from_parts(parts, HalfThenFail::new(body.slice(..body.len() / 2)))
+}
+
+/// A body of unknown size (so hyper sends the `Content-Length` it is given, where a known
+/// shorter size fails hyper's own check) that yields its bytes, waits for them to be sent
+/// (hyper flushes while a body has nothing ready), then fails.
+pub(crate) struct HalfThenFail {
+    half: Option<Bytes>,
+    sent: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HalfThenFail {
+    fn new(half: Bytes) -> Self {
+        Self {
+            half: Some(half),
+            sent: Box::pin(tokio::time::sleep(Duration::from_millis(20))),
+        }
+    }
+}
+
+impl Body for HalfThenFail {
+    type Data = Bytes;
+    type Error = ResetRequested;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResetRequested>>> {
+        if let Some(half) = self.half.take() {
+            return Poll::Ready(Some(Ok(Frame::data(half))));
+        }
+        self.sent
+            .as_mut()
+            .poll(context)
+            .map(|()| Some(Err(ResetRequested)))
+    }
 }
 
 fn duplicate(stream: TcpStream) -> Option<(TcpStream, StdTcpStream)> {

@@ -611,6 +611,44 @@ fn reset_fault_closes_the_connection_without_an_answer() {
 }
 
 #[test]
+fn reset_mid_body_fault_sends_the_head_and_half_the_body_then_resets() {
+    use std::io::{Read as _, Write as _};
+    let consul = start();
+    consul.register(web("web-1", 8081, "1.0.0"));
+    consul.set_fault(Fault::ResetMidBody);
+    let mut stream = std::net::TcpStream::connect(consul.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/catalog/service/web HTTP/1.1\r\nhost: consul\r\n\r\n")
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let ended = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break "end of stream",
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+                break "reset";
+            }
+        }
+    };
+    let text = String::from_utf8_lossy(&received).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .parse()
+        .unwrap();
+    assert_eq!(body.len(), length / 2, "half the body, then {ended}");
+    assert_eq!(ended, "reset");
+}
+
+#[test]
 fn closed_port_and_stopped_server_refuse_connections() {
     let closed = closed_port_addr();
     assert!(try_get(&format!("http://{closed}/v1/catalog/service/web"), &[]).is_err());

@@ -33,7 +33,6 @@
 //! [--health]`. `--quick` runs small and briefly, to check that the bench runs; its figures
 //! mean nothing.
 
-mod gateway;
 mod load;
 mod recorder;
 
@@ -44,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use standins::{ConsulOptions, ConsulStandin, Instance};
 
-use gateway::{ExitReport, Gateway, Launch};
+use consul_enricher_bench::gateway::{ExitReport, Gateway, Instances, Launch};
 use load::{Counts, SteadyLoad};
 use recorder::Recorder;
 
@@ -335,7 +334,7 @@ fn start_fleet(
             wasm: &env.wasm,
             workers: settings.workers,
             config: &config,
-            upstream: &upstream,
+            instances: Instances::Upstream(&upstream),
         },
     )?;
     Ok(match fleet.refusal_at_start() {

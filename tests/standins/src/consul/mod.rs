@@ -244,6 +244,7 @@ pub struct RecordedRequest {
     pub query: String,
     /// Header names lowercase, in arrival order.
     pub headers: Vec<(String, String)>,
+    pub received: std::time::Instant,
 }
 
 impl RecordedRequest {
@@ -720,6 +721,7 @@ impl ConsulState {
 
     fn record(&self, request: &Request<Incoming>) {
         let record = RecordedRequest {
+            received: std::time::Instant::now(),
             method: request.method().to_string(),
             path: request.uri().path().to_owned(),
             query: request.uri().query().unwrap_or_default().to_owned(),

@@ -55,22 +55,35 @@ pub struct Launch<'a> {
     pub wasm: &'a Path,
     pub workers: usize,
     pub config: &'a str,
-    /// `ip:port` every request is forwarded to.
-    pub upstream: &'a str,
+    pub instances: Instances<'a>,
+}
+
+/// Where the gateway sends a request.
+pub enum Instances<'a> {
+    /// Every request to this `ip:port`.
+    Upstream(&'a str),
+    /// To an instance of the request's service from this Consul (`http://host:port`), the
+    /// path without `/svc/<service>` (Kong's `strip_path`).
+    Consul(&'a str),
 }
 
 impl Gateway {
     /// Starts a gateway routing `/svc/<service>/...` to the service `<service>`.
     pub fn start(launch: &Launch<'_>) -> Result<Gateway> {
-        let mut child = Command::new(launch.binary)
+        let mut command = Command::new(launch.binary);
+        command
             .arg("--wasm")
             .arg(launch.wasm)
             .args(["--workers", &launch.workers.to_string()])
             .args(["--config-json", launch.config])
-            .args(["--upstream", launch.upstream])
             .args(["--route", "/svc=*"])
             .args(["--shm-zone", "consul_enricher"])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn"]);
+        match launch.instances {
+            Instances::Upstream(addr) => command.args(["--upstream", addr]),
+            Instances::Consul(url) => command.args(["--consul", url, "--strip-path"]),
+        };
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -125,7 +138,11 @@ impl Gateway {
         self.stderr.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// SIGTERM, wait for the exit, and read the exit report.
+    /// Resident memory of the gateway process, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        real_envoy::rss_kib(self.child.id())
+    }
+
     /// CPU time the process has used so far (user + system), from `/proc/<pid>/stat`
     /// (fields 14 and 15, in clock ticks: proc(5)).
     pub fn cpu_time(&self) -> Result<Duration> {
@@ -151,6 +168,7 @@ impl Gateway {
         ))
     }
 
+    /// SIGTERM, wait for the exit, and read the exit report.
     pub fn stop(mut self) -> Result<ExitReport> {
         let pid = self.child.id().to_string();
         let signalled = Command::new("kill")
