@@ -199,12 +199,38 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
     if stripped > 0 {
         shared.metrics.count(Counter::Stripped, stripped as u64);
     }
+    if kong && strip && (!incoming.forged.is_empty() || incoming.baggage_lines > 1) {
+        note_missing_companion(shared);
+    }
     Baggage::parse(&kept)
         .map_err(|e| {
             shared.metrics.count(Counter::InvalidBaggage, 1);
             log_invalid(shared, "baggage", e.as_str());
         })
         .ok()
+}
+
+/// Kong's companion plugin removes headers under the prefix and joins `baggage` lines in
+/// Lua, in the access phase, before the filter chain runs (`kong/init.lua`: plugins'
+/// access, then `runloop.wasm_attach`): when either reaches the filter, the companion did
+/// not run on this route. The upstream then gets each forged header emptied (`""`), the
+/// later copies of a repeated one and the later `baggage` lines as the client sent them
+/// (see `remove_request_header`). Counted per request, said once per worker.
+fn note_missing_companion(shared: &Shared) {
+    shared.metrics.count(Counter::CompanionMissing, 1);
+    if shared.companion_missing_said.replace(true) {
+        return;
+    }
+    let route = host::property("kong\0route_id").unwrap_or_else(|| "unknown".into());
+    let service = host::property("kong\0service_id").unwrap_or_else(|| "unknown".into());
+    log::warn!(
+        "consul-enricher: x-consul-* headers or several baggage lines reached the filter on \
+         route {route} (service {service}): Kong's companion plugin consul-enricher-span did \
+         not run there, so the upstream gets forged headers emptied, and the later copies of \
+         a repeated one and later baggage lines as the client sent them; enable the \
+         companion on every route with the filter (said once per worker, counted in \
+         consul_enricher_companion_missing_total)"
+    );
 }
 
 /// The request's trace context; absent, several or malformed `traceparent` headers leave

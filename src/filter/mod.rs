@@ -46,12 +46,13 @@ pub enum Counter {
     InvalidTraceparent,
     InvalidBaggage,
     Stripped,
+    CompanionMissing,
     ServicesCapped,
     SpansExported,
     SpansDropped,
 }
 
-const COUNTER_NAMES: [(Counter, &str); 15] = [
+const COUNTER_NAMES: [(Counter, &str); 16] = [
     (Counter::Requests, "consul_enricher_requests_total"),
     (Counter::Enriched, "consul_enricher_enriched_total"),
     (Counter::CacheHits, "consul_enricher_cache_hits_total"),
@@ -76,6 +77,10 @@ const COUNTER_NAMES: [(Counter, &str); 15] = [
         "consul_enricher_invalid_baggage_total",
     ),
     (Counter::Stripped, "consul_enricher_stripped_total"),
+    (
+        Counter::CompanionMissing,
+        "consul_enricher_companion_missing_total",
+    ),
     (
         Counter::ServicesCapped,
         "consul_enricher_services_capped_total",
@@ -292,6 +297,8 @@ pub struct Shared {
     /// Whether Kong's Lua answers this worker's `kong.*` properties, once a request found
     /// out (it does for the worker's whole life or never).
     pub kong_lua: Cell<Option<bool>>,
+    /// True once this worker said that Kong's companion plugin did not run on a route.
+    pub companion_missing_said: Cell<bool>,
 }
 
 /// How often a worker's tick runs: it polls for answers other workers fetched, enforces

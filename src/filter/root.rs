@@ -66,6 +66,7 @@ impl RootContext for Root {
             metrics: Metrics::define(),
             kong_ctx_writable: Cell::new(true),
             kong_lua: Cell::new(None),
+            companion_missing_said: Cell::new(false),
             state: RefCell::new(WorkerState {
                 requests: HashMap::new(),
                 pending: HashMap::new(),

@@ -1381,3 +1381,30 @@ fn the_health_endpoint_labels_only_instances_that_can_serve() {
         gw.assert_no_traps();
     }
 }
+
+/// Kong without its companion plugin on the route: forged headers and a second `baggage`
+/// line reach the filter, which says so once per worker with the route and counts each
+/// request; the upstream gets the forged headers emptied and the second line as sent.
+#[test]
+fn kong_says_once_per_worker_that_the_companion_did_not_run() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let mut gw = gateway(Flavour::Kong, 2, &consul.addr().to_string(), json!({}));
+    for worker in [0, 1, 0, 1] {
+        let spec = forged(echo_request(Flavour::Kong)).header("baggage", "second=2");
+        let request = gw.send_on(worker, spec);
+        let record = gw.forwarded(request);
+        assert_eq!(record.upstream_header("x-consul-meta-owner"), Some(""));
+        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+    }
+    let said = gw.host.logs_containing("companion plugin consul-enricher-span did not run");
+    assert_eq!(said.len(), 2, "once per worker: {said:?}");
+    assert!(said.iter().all(|l| l.level == LogLevel::Warn));
+    assert!(said[0]
+        .message
+        .contains("route 5a1f0c3e-0000-4000-8000-000000000002"));
+    assert_eq!(gw.metric("companion_missing"), 4);
+    let clean = gw.send(echo_request(Flavour::Kong));
+    gw.forwarded(clean);
+    assert_eq!(gw.metric("companion_missing"), 4, "a clean request is not counted");
+    gw.assert_no_traps();
+}
