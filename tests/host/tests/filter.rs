@@ -1396,7 +1396,9 @@ fn kong_says_once_per_worker_that_the_companion_did_not_run() {
         assert_eq!(record.upstream_header("x-consul-meta-owner"), Some(""));
         assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
     }
-    let said = gw.host.logs_containing("companion plugin consul-enricher-span did not run");
+    let said = gw
+        .host
+        .logs_containing("companion plugin consul-enricher-span did not run");
     assert_eq!(said.len(), 2, "once per worker: {said:?}");
     assert!(said.iter().all(|l| l.level == LogLevel::Warn));
     assert!(said[0]
@@ -1405,6 +1407,10 @@ fn kong_says_once_per_worker_that_the_companion_did_not_run() {
     assert_eq!(gw.metric("companion_missing"), 4);
     let clean = gw.send(echo_request(Flavour::Kong));
     gw.forwarded(clean);
-    assert_eq!(gw.metric("companion_missing"), 4, "a clean request is not counted");
+    assert_eq!(
+        gw.metric("companion_missing"),
+        4,
+        "a clean request is not counted"
+    );
     gw.assert_no_traps();
 }
