@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs tests/demo/check.py in a virtualenv under target/ with the pinned requirements, after
-# making sure LuaJIT and lua-cjson (the companion plugin's test) are installed. Both are
-# installed only when missing: the virtualenv keeps the hash of the requirements it was
-# built from and is brought up to date only when tests/demo/requirements.txt changes.
+# making sure LuaJIT and lua-cjson (the companion plugin's test) and PCRE2 (Kong's regex
+# engine, for the schema's patterns) are installed. All are installed only when missing: the
+# virtualenv keeps the hash of the requirements it was built from and is brought up to date
+# only when tests/demo/requirements.txt changes.
 # Usage: tests/demo/check.sh [--skip-web]
 set -euo pipefail
 
@@ -10,11 +11,19 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${DEMO_CHECK_VENV:-$root/target/demo-check-venv}"
 requirements="$root/tests/demo/requirements.txt"
 
+packages=()
 if ! command -v luajit >/dev/null || ! luajit -e 'require "cjson.safe"' 2>/dev/null; then
-  echo "installing luajit and lua-cjson (Debian packages)"
+  packages+=(luajit lua-cjson)
+fi
+# The library check.py loads, found the way it finds it.
+if ! python3 -c 'import ctypes; ctypes.CDLL("libpcre2-8.so.0")' 2>/dev/null; then
+  packages+=(libpcre2-8-0)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "installing ${packages[*]} (Debian packages)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq luajit lua-cjson >/dev/null
+  $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then
