@@ -77,14 +77,12 @@ impl Envoy {
         Envoy::start_config(&loopback.render()?, workers)
     }
 
-    /// Any configuration (JSON, as Envoy's bootstrap); the admin address is set here.
+    /// A bootstrap from [`Loopback::render`] (which puts the admin API on a free loopback
+    /// port), possibly changed further, e.g. with more listeners.
     pub fn start_config(config: &Value, workers: usize) -> Result<Envoy> {
         let dir = fresh_dir()?;
-        let mut config = config.clone();
-        config["admin"]["address"] =
-            serde_json::json!({"socket_address": {"address": "127.0.0.1", "port_value": 0}});
         let config_path = dir.join("envoy.json");
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
         let admin_path = dir.join("admin-address");
         let log_path = dir.join("envoy.log");
         let mut command = Command::new(envoy_binary()?);
