@@ -76,8 +76,8 @@ pub struct DimensionScore {
 pub struct Cause {
     #[serde(flatten)]
     pub share: Share,
-    /// Other attributes with one value on all the cause's clicks (but not on all clicks):
-    /// for an instance, its version and region.
+    /// Other attributes with one value on all the cause's clicks, a value that fewer than
+    /// half of all clicks have: for an instance, its version and region.
     pub alike: BTreeMap<&'static str, String>,
     /// Among the cause's clicks, what best separates their own slow ones (above the same
     /// percentile of their latency), e.g. one instance of a slow version.
@@ -241,8 +241,14 @@ fn explain(all: &Clicks, cause: &Share, at: f64) -> Cause {
         .filter_map(|dimension| {
             let value = members.first()?.value(*dimension);
             let same_in_cause = members.iter().all(|c| c.value(*dimension) == value);
-            let same_everywhere = all.clicks.iter().all(|c| c.value(*dimension) == value);
-            (same_in_cause && !same_everywhere)
+            let elsewhere = all
+                .clicks
+                .iter()
+                .filter(|c| c.value(*dimension) == value)
+                .count();
+            // A value most clicks have (a cache hit, the one datacenter) says nothing.
+            let telling = elsewhere * 2 < all.clicks.len();
+            (same_in_cause && telling)
                 .then(|| (dimension.attribute(), all.value_name(value).to_owned()))
         })
         .collect();
@@ -296,7 +302,14 @@ mod tests {
                 "checkout.submit",
                 1000,
                 ms,
-                &[("ui.component", if n % 2 == 0 { "form" } else { "button" })],
+                &[(
+                    "ui.component",
+                    if n.is_multiple_of(2) {
+                        "form"
+                    } else {
+                        "button"
+                    },
+                )],
             ));
             gateway.push(span(trace, "ingress", 1001, ms / 2, attributes));
         }

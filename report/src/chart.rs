@@ -77,7 +77,7 @@ mod tests {
         let mut browser = Vec::new();
         let mut gateway = Vec::new();
         for trace in 1..=20u128 {
-            let (version, ms) = if trace % 2 == 0 {
+            let (version, ms) = if trace.is_multiple_of(2) {
                 ("1.4.2", 100)
             } else {
                 ("2.0.0", 500)

@@ -114,7 +114,7 @@ impl Click {
 pub struct Clicks {
     pub clicks: Vec<Click>,
     pub values: Values,
-    /// Traces read, clicks or not.
+    /// Traces with at least one click.
     pub traces: usize,
 }
 
@@ -138,13 +138,13 @@ impl Clicks {
     /// Adds the clicks of one page: each click span of `spans` that started in `window`,
     /// joined by trace id to the span of the same trace that carries `consul.service.id`
     /// (the longest one if several do: the gateway's request span rather than a span
-    /// inside it). Returns the number of distinct traces in the page.
+    /// inside it).
     pub fn add_page(
         &mut self,
         page: &TracesData,
         spans: &ClickSpans,
         window: Window,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         let mut traces: HashMap<u128, Option<GatewaySpan>> = HashMap::new();
         let mut found: Vec<(u128, u64, Option<String>)> = Vec::new();
         for resource in &page.resource_spans {
@@ -177,6 +177,10 @@ impl Clicks {
                 }
             }
         }
+        let mut with_clicks: Vec<u128> = found.iter().map(|(trace_id, ..)| *trace_id).collect();
+        with_clicks.sort_unstable();
+        with_clicks.dedup();
+        self.traces += with_clicks.len();
         for (trace_id, duration_ns, component) in found {
             let gateway = traces.get(&trace_id).and_then(Option::as_ref);
             let values = Dimension::ALL.map(|dimension| {
@@ -195,8 +199,7 @@ impl Clicks {
                 values,
             });
         }
-        self.traces += traces.len();
-        Ok(traces.len())
+        Ok(())
     }
 }
 
@@ -305,8 +308,8 @@ pub mod tests {
             ],
         };
         let mut clicks = Clicks::default();
-        assert_eq!(clicks.add_page(&page, &SPANS, ALL_TIME).expect("joins"), 2);
-        assert_eq!(clicks.clicks.len(), 2);
+        clicks.add_page(&page, &SPANS, ALL_TIME).expect("joins");
+        assert_eq!((clicks.clicks.len(), clicks.traces), (2, 2));
         let joined = &clicks.clicks[0];
         assert_eq!(
             (joined.trace_id, joined.duration_ns, joined.gateway_ns),

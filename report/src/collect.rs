@@ -113,9 +113,8 @@ impl Progress {
         }
         self.last = Some(Instant::now());
         self.show(&format!(
-            "reading traces: {} pages, {} traces, {} clicks, up to {}",
+            "reading traces: {} pages, {} clicks so far, up to {}",
             self.pages,
-            clicks.traces,
             clicks.clicks.len(),
             rfc3339(window.end_ns)
         ));
@@ -124,11 +123,11 @@ impl Progress {
     fn finish(&mut self, clicks: &Clicks) {
         if self.shown {
             self.show(&format!(
-                "read {} traces in {} pages ({} full pages split): {} clicks",
-                clicks.traces,
+                "read {} pages ({} full pages split): {} clicks in {} traces",
                 self.pages,
                 self.splits,
-                clicks.clicks.len()
+                clicks.clicks.len(),
+                clicks.traces
             ));
             if self.terminal {
                 eprintln!();

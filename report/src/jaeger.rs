@@ -52,9 +52,10 @@ impl Window {
     }
 }
 
-/// RFC 3339 with nanoseconds in UTC, which Go's `time.RFC3339Nano` parses.
+/// RFC 3339 in UTC with as many fraction digits as needed, which Go's
+/// `time.RFC3339Nano` parses.
 pub fn rfc3339(time_ns: u64) -> String {
-    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(time_ns)).to_string()
+    humantime::format_rfc3339(UNIX_EPOCH + Duration::from_nanos(time_ns)).to_string()
 }
 
 pub fn unix_nanos(time: SystemTime) -> Result<u64> {
@@ -286,11 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn times_are_rfc3339_with_nanoseconds() {
+    fn times_are_rfc3339_down_to_nanoseconds() {
         assert_eq!(
             rfc3339(1_700_000_000_123_456_789),
             "2023-11-14T22:13:20.123456789Z"
         );
+        assert_eq!(rfc3339(1_700_000_000_000_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

@@ -231,11 +231,16 @@ pub(super) fn find_traces(
     success(json!({"result": {"resourceSpans": resource_spans}}))
 }
 
+/// A scope's first span (which names it) and its spans as JSON.
+type ScopeGroup<'a> = (&'a StoredSpan, Vec<Value>);
+/// A resource's first span (which names it) and its scopes.
+type ResourceGroup<'a> = (&'a StoredSpan, Vec<ScopeGroup<'a>>);
+
 /// A trace's spans as OTLP `ResourceSpans`, one per resource and within it one
 /// `ScopeSpans` per scope, in arrival order (as exported, then appended per trace by the
 /// memory store's `storeTraces`).
 fn resource_spans_json(spans: &[&StoredSpan]) -> Vec<Value> {
-    let mut resources: Vec<(&StoredSpan, Vec<(&StoredSpan, Vec<Value>)>)> = Vec::new();
+    let mut resources: Vec<ResourceGroup> = Vec::new();
     for span in spans {
         let position = match resources
             .iter()
@@ -248,7 +253,7 @@ fn resource_spans_json(spans: &[&StoredSpan]) -> Vec<Value> {
             }
         };
         let scopes = &mut resources[position].1;
-        let same_scope = |(first, _): &(&StoredSpan, Vec<Value>)| {
+        let same_scope = |(first, _): &ScopeGroup| {
             first.scope_name == span.scope_name && first.scope_version == span.scope_version
         };
         match scopes.iter_mut().find(|scope| same_scope(scope)) {
