@@ -7,7 +7,7 @@
 //! per-click records.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Result;
 
@@ -113,10 +113,10 @@ impl Progress {
         }
         self.last = Some(Instant::now());
         self.show(&format!(
-            "reading traces: {} pages, {} clicks so far, up to {}",
+            "reading traces: page {}, {} clicks so far, up to {}",
             self.pages,
             clicks.clicks.len(),
-            rfc3339(window.end_ns)
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(window.end_ns))
         ));
     }
 

@@ -186,6 +186,7 @@ fn names_the_slow_version_and_its_slowest_instance() {
     let printed = stdout(&output);
     assert!(output.status.success(), "{}{printed}", stderr(&output));
     println!("{printed}");
+    eprintln!("{}", stderr(&output));
 
     assert!(
         printed.contains("200 clicks in 200 traces; 200 joined to a gateway span"),
