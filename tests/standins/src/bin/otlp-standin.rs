@@ -3,7 +3,8 @@
 //! Usage: `otlp-standin [--port N]`
 //!
 //! Once listening it prints its base URL (`http://127.0.0.1:<port>`) as the first line of
-//! stdout: exporters post to `<url>/v1/traces`, readers query `<url>/api/traces/<id>`.
+//! stdout: exporters post to `<url>/v1/traces`, readers query `<url>/api/traces/<id>` or
+//! Jaeger's api_v3, `<url>/api/v3/traces?query.service_name=...`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;

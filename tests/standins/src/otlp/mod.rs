@@ -15,11 +15,14 @@
 //! - Jaeger query service HTTP JSON API (as served by Jaeger's UI backend, see
 //!   the `jaeger` module): `GET /api/traces/<trace-id>`, `GET /api/traces?service=<name>`,
 //!   `GET /api/services`.
+//! - Jaeger's query API v3 over HTTP (see the `api_v3` module): `GET /api/v3/traces`,
+//!   `GET /api/v3/services`, `GET /api/v3/operations`.
 //!
 //! The stand-in is stricter than a collector in one way, to catch exporter bugs: a span
 //! whose trace or span id has the wrong length or is all zeroes (invalid per the trace
 //! proto) makes the whole request a `400`.
 
+mod api_v3;
 mod jaeger;
 mod json;
 
@@ -551,12 +554,18 @@ impl OtlpState {
 
     fn query(&self, path: &str, query: &str) -> Response<Full<Bytes>> {
         let spans = lock(&self.spans).clone();
+        let parameters: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        match path {
+            "/api/v3/traces" => return api_v3::find_traces(&spans, &parameters),
+            "/api/v3/services" => return api_v3::services(&spans),
+            "/api/v3/operations" => return api_v3::operations(&spans, &parameters),
+            _ => {}
+        }
         let (status, body) = if let Some(trace_id) = path.strip_prefix("/api/traces/") {
             jaeger::trace_by_id(&spans, normalize_trace_id(trace_id).as_deref())
         } else if path == "/api/traces" {
-            let parameters: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect();
             jaeger::search(&spans, &parameters)
         } else if path == "/api/services" {
             jaeger::services(&spans)
