@@ -90,7 +90,7 @@ demo-local:
 # What the browser runs need: the filter, the page, the binaries, playwright-core.
 e2e-deps:
 	cd web && npm ci --no-audit --no-fund && npm run build
-	cargo build -p consul-enricher-gateway -p consul-enricher-envoy -p echo-service -p consul-enricher-standins --bins
+	cargo build -p consul-enricher-gateway -p consul-enricher-envoy -p echo-service -p consul-enricher-standins -p consul-enricher-report --bins
 	cd tests/e2e && npm ci --no-audit --no-fund
 
 ## e2e: headless Chromium clicks the page 20 times through the official Envoy and through
@@ -115,10 +115,10 @@ demo-check:
 	@$(ENSURE) luajit
 	tests/demo/check.sh
 
-## services: echo-service and the stand-ins, against each other over loopback
+## services: echo-service, the stand-ins and the report, against each other over loopback
 services:
 	@$(ENSURE) rust
-	cargo test -p echo-service -p consul-enricher-standins
+	cargo test -p echo-service -p consul-enricher-standins -p consul-enricher-report
 
 ## fuzz-smoke: every fuzz target for about 30 seconds
 fuzz-smoke:

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -28,6 +29,9 @@ pub struct Config {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without either, spans are still created (their
     /// ids are echoed back) but go nowhere.
     pub otlp_export: bool,
+    /// `RESPONSE_DELAY_MS`: how long `/echo` waits before answering, inside its server
+    /// span; the demo makes one version slow with it so the report has a cause to find.
+    pub response_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +101,13 @@ impl Config {
                 })
             })
             .transpose()?;
+        let response_delay = match get("RESPONSE_DELAY_MS") {
+            Some(value) => Duration::from_millis(value.parse().map_err(|_| ConfigError {
+                variable: "RESPONSE_DELAY_MS",
+                reason: format!("{value:?} is not a whole number of milliseconds"),
+            })?),
+            None => Duration::ZERO,
+        };
         let otlp_export = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
             || get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
         if otlp_export {
@@ -114,6 +125,7 @@ impl Config {
             service_tags,
             consul,
             otlp_export,
+            response_delay,
             service_name,
         })
     }
@@ -189,6 +201,7 @@ mod tests {
         assert!(config.service_tags.is_empty());
         assert_eq!(config.consul, None);
         assert!(!config.otlp_export);
+        assert_eq!(config.response_delay, Duration::ZERO);
     }
 
     #[test]
@@ -205,6 +218,7 @@ mod tests {
             ("CONSUL_HTTP_ADDR", "consul:8500"),
             ("CONSUL_HTTP_TOKEN", "secret"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318"),
+            ("RESPONSE_DELAY_MS", "150"),
         ])
         .expect("valid");
         assert_eq!(config.listen_address, IpAddr::from([0, 0, 0, 0]));
@@ -223,6 +237,7 @@ mod tests {
             })
         );
         assert!(config.otlp_export);
+        assert_eq!(config.response_delay, Duration::from_millis(150));
     }
 
     #[test]
@@ -255,6 +270,8 @@ mod tests {
             ("LISTEN_ADDRESS", "localhost"),
             ("CONSUL_HTTP_ADDR", "https://consul:8501"),
             ("CONSUL_HTTP_ADDR", "http://"),
+            ("RESPONSE_DELAY_MS", "-5"),
+            ("RESPONSE_DELAY_MS", "0.5"),
         ];
         for (variable, value) in cases {
             let error = config(&[(variable, value)]).expect_err(value);

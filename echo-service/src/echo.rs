@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -40,6 +41,8 @@ pub struct EchoState {
     pub port: u16,
     pub tracer: SdkTracer,
     pub propagator: TextMapCompositePropagator,
+    /// Waited inside the server span before answering (`RESPONSE_DELAY_MS`).
+    pub response_delay: Duration,
 }
 
 pub fn router(state: Arc<EchoState>) -> Router {
@@ -131,6 +134,9 @@ async fn echo(
         instance: state.instance.clone(),
     };
     build_span.end();
+    if !state.response_delay.is_zero() {
+        tokio::time::sleep(state.response_delay).await;
+    }
 
     let status = StatusCode::OK;
     let span = request_cx.span();

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
         port: local_addr.port(),
         tracer: telemetry.tracer.clone(),
         propagator: telemetry::propagator(),
+        response_delay: config.response_delay,
     });
     let served = runtime.block_on(serve(listener, local_addr, &config, state));
     drop(runtime);

@@ -312,3 +312,18 @@ fn without_an_endpoint_the_trace_is_still_continued() {
     assert_ne!(reply.json()["span_id"], INCOMING_SPAN_ID);
     echo.stop_with("TERM");
 }
+
+#[test]
+fn a_response_delay_is_spent_inside_the_server_span() {
+    let otlp = otlp();
+    let mut echo = start_exporting_to(&otlp, &[("RESPONSE_DELAY_MS", "120")]);
+    let started = std::time::Instant::now();
+    assert_eq!(get(&echo.url("/echo"), &[]).status, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(120));
+    echo.stop_with("TERM");
+
+    let spans = otlp.wait_for_spans(2, std::time::Duration::from_secs(5));
+    let server = span_named(&spans, "GET /echo");
+    let server_ms = (server.end_time_unix_nano - server.start_time_unix_nano) / 1_000_000;
+    assert!(server_ms >= 120, "server span lasted {server_ms} ms");
+}

@@ -6,8 +6,10 @@
 //          own span, exported by its OpenTelemetry tracer, is checked too
 //   kong   the wasmtime test host's Kong flavour (gateway), as ngx_wasm_module behaves
 //
-//   node run.mjs [--flavour kong|envoy]... [--clicks N]   checks every click's trace
-//   node run.mjs --demo [--flavour kong|envoy]...          one click each, prints its span tree
+//   node run.mjs [--flavour kong|envoy]... [--clicks N]   checks every click's trace and
+//                                                          what the report makes of them
+//   node run.mjs --demo [--flavour kong|envoy]...          6 clicks each, prints the first's
+//                                                          span tree, then the report
 //
 // Binaries come from $BIN_DIR (default: $CARGO_TARGET_DIR/host or <repo>/target/host, as
 // `cargo build --profile host` leaves them), the filter from $CONSUL_ENRICHER_WASM (default
@@ -33,10 +35,14 @@ const CHROMIUM_FLAGS = [
   '--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
 ];
+// echo-2 answers late on purpose: the report at the end must name its version as the
+// cause of the slow clicks.
 const INSTANCES = [
-  { id: 'echo-1', version: '1.4.2', region: 'eu-west-1' },
-  { id: 'echo-2', version: '2.0.0-rc.1', region: 'us-east-1' },
+  { id: 'echo-1', version: '1.4.2', region: 'eu-west-1', delayMs: 0 },
+  { id: 'echo-2', version: '2.0.0-rc.1', region: 'us-east-1', delayMs: 250 },
 ];
+const SLOW_INSTANCE = INSTANCES[1];
+const DEMO_CLICKS = 6;
 const UI_COMPONENT = 'checkout-form';
 // Per gateway: its binary, the service name of the filter's own span, and that of the
 // gateway's own span (Envoy's tracer; the test host has none).
@@ -72,7 +78,7 @@ function parseArgs(argv) {
     }
   }
   if (args.flavours.length === 0) args.flavours.push('envoy', 'kong');
-  if (args.demo) args.clicks = 1;
+  if (args.demo) args.clicks = DEMO_CLICKS;
   return args;
 }
 
@@ -184,6 +190,7 @@ async function startStack() {
       SERVICE_REGION: instance.region,
       CONSUL_HTTP_ADDR: consul,
       OTEL_EXPORTER_OTLP_ENDPOINT: otlp,
+      RESPONSE_DELAY_MS: String(instance.delayMs),
     }, /^listening on (\S+)/);
     echoes.push({ ...instance, address });
   }
@@ -409,7 +416,7 @@ async function runFlavour(flavour, stack, args, tally) {
     }
     const instance = result.body?.instance?.id ?? '?';
     hits.set(instance, (hits.get(instance) ?? 0) + 1);
-    if (args.demo) {
+    if (args.demo && index === 0) {
       console.log(`\nTrace ${result.traceId} (${spans.length} spans), answered by ${instance}:\n`);
       printTree(spans);
       console.log('');
@@ -441,6 +448,62 @@ async function runFlavour(flavour, stack, args, tally) {
   if (args.demo) console.log(entry.stderr.filter((line) => line.startsWith('metric ')).join('\n'));
 }
 
+// ---------------------------------------------------------------- the report
+
+// Half the clicks go to the slow instance, so the slow clicks are those above the median:
+// at the default p90 a run's one or two cold lookups would weigh as much as the version.
+const REPORT_ARGS = ['--since', '10m', '--by', 'instance,region', '--slow-percentile', '50'];
+
+function runReport(stack, format) {
+  const args = ['--jaeger', stack.otlp, ...REPORT_ARGS, '--format', format];
+  return new Promise((done, fail) => {
+    const child = spawn(join(BIN_DIR, 'consul-enricher-report'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => { stdout += chunk; });
+    child.stderr.on('data', (chunk) => { stderr += chunk; });
+    child.on('error', fail);
+    child.on('exit', (code) => {
+      if (code === 0) done(stdout);
+      else fail(new Error(`consul-enricher-report exited ${code}: ${stderr.trim()}`));
+    });
+  });
+}
+
+// Every click joined to its gateway span, the slow instance's version named as the cause,
+// and the slowest clicks listed all served by that instance.
+function checkReport(report, clicks) {
+  const failures = [];
+  if (report.clicks !== clicks) failures.push(`${report.clicks} clicks found, ${clicks} made`);
+  if (report.joined_clicks !== clicks) failures.push(`${report.joined_clicks} of ${clicks} clicks joined to a gateway span`);
+  const cause = report.separation?.cause;
+  if (cause?.attribute !== 'consul.service.meta.version' || cause?.value !== SLOW_INSTANCE.version) {
+    failures.push(`cause ${cause?.attribute}=${cause?.value}, expected consul.service.meta.version=${SLOW_INSTANCE.version}`);
+  }
+  const elsewhere = (report.slowest ?? []).filter((click) => click.attributes['consul.service.id'] !== SLOW_INSTANCE.id);
+  if (report.slowest?.length === 0 || elsewhere.length > 0) {
+    failures.push(`slowest clicks not on ${SLOW_INSTANCE.id}: ${JSON.stringify(elsewhere.length > 0 ? elsewhere : report.slowest)}`);
+  }
+  return failures;
+}
+
+async function reportOn(stack, args, tally) {
+  if (args.demo) {
+    console.log(`\n== consul-enricher-report --jaeger ${stack.otlp} ${REPORT_ARGS.join(' ')}\n`);
+    console.log(await runReport(stack, 'text'));
+    return;
+  }
+  const clicks = args.clicks * args.flavours.length;
+  const failures = checkReport(JSON.parse(await runReport(stack, 'json')), clicks);
+  if (failures.length === 0) {
+    tally.passed += 1;
+    console.log(`ok   report: ${clicks} clicks, the slow ones on ${SLOW_INSTANCE.id} (${SLOW_INSTANCE.version}) named as the cause`);
+  } else {
+    tally.failed += 1;
+    console.log(`FAIL report:\n  - ${failures.join('\n  - ')}`);
+  }
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const tally = { passed: 0, failed: 0 };
@@ -456,6 +519,7 @@ async function main() {
     for (const flavour of args.flavours) {
       await runFlavour(flavour, stack, args, tally);
     }
+    await reportOn(stack, args, tally);
   } catch (error) {
     tally.failed += 1;
     console.log(`FAIL ${error.stack ?? error}`);
