@@ -55,7 +55,9 @@ pub struct Config {
     pub meta_keys: Vec<String>,
     #[serde(deserialize_with = "object")]
     pub baggage: BaggageConfig,
-    pub kong_ctx_shared: bool,
+    /// Kong (ngx_wasm_module): the nginx variable that receives the request's attributes
+    /// as one JSON object; empty: none is written.
+    pub nginx_variable: String,
     pub strip_incoming: bool,
     #[serde(deserialize_with = "object")]
     pub spans: SpansConfig,
@@ -163,7 +165,7 @@ impl Default for Config {
             headers: HeadersConfig::default(),
             meta_keys: vec!["version".into(), "region".into()],
             baggage: BaggageConfig::default(),
-            kong_ctx_shared: true,
+            nginx_variable: "consul_enricher".into(),
             strip_incoming: true,
             spans: SpansConfig::default(),
         }
@@ -370,6 +372,18 @@ impl Config {
             return Err(refuse(
                 "cache.shm_namespace",
                 "1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+
+        if self.nginx_variable.len() > 64
+            || !self
+                .nginx_variable
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(refuse(
+                "nginx_variable",
+                "up to 64 letters, digits or '_' (an nginx variable name without its $)",
             ));
         }
 
@@ -617,7 +631,7 @@ mod tests {
             "max_services":100,"shm_namespace":"ce"},
             "headers":{"request":false,"response":true,"prefix":"x-svc-"},
             "meta_keys":["version"],"baggage":{"enabled":false,"read_keys":[]},
-            "kong_ctx_shared":false,"strip_incoming":false,
+            "nginx_variable":"","strip_incoming":false,
             "spans":{"enabled":true,"upstream":"otel","authority":"collector","path":"/v1/traces",
             "service_name":"edge","reparent":false,"batch_size":10,"max_queue":20,"flush_ms":500}}"#,
         )
@@ -826,6 +840,8 @@ mod tests {
                 "cache.shm_namespace",
             ),
             (r#"{"cache":{"shm_namespace":""}}"#, "cache.shm_namespace"),
+            (r#"{"nginx_variable":"$consul_enricher"}"#, "nginx_variable"),
+            (r#"{"nginx_variable":"consul-enricher"}"#, "nginx_variable"),
             (r#"{"headers":{"prefix":"X-Consul-"}}"#, "headers.prefix"),
             (r#"{"headers":{"prefix":"x consul"}}"#, "headers.prefix"),
             (r#"{"meta_keys":["version","Region"]}"#, "meta_keys[1]"),

@@ -343,7 +343,7 @@ impl<'a> RequestAttributes<'a> {
 }
 
 /// What a request's serving instance adds, computed once per cache entry, lookup outcome
-/// and instance (or none matched), with the `kong.ctx.shared` JSON of every attribute no
+/// and instance (or none matched), with the nginx-variable JSON of every attribute no
 /// request replaces already written, so that a response writes only its own members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceView {
@@ -404,7 +404,7 @@ impl InstanceView {
     }
 
     /// Every attribute of a request with these `own` attributes as one JSON object
-    /// (`kong.ctx.shared.consul_enricher`), written into one buffer.
+    /// (Kong's nginx variable, `$consul_enricher` by default), written into one buffer.
     pub fn json_object(&self, own: &Attributes) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.json_members.len() + 128);
         out.push(b'{');
@@ -682,7 +682,7 @@ mod tests {
             .collect()
     }
 
-    /// The `kong.ctx.shared` object of a request: what its instance view writes, checked
+    /// The nginx-variable object of a request: what its instance view writes, checked
     /// against the layers it stands for.
     fn json(config: &Config, service: &Attributes, own: &Attributes) -> String {
         let view = InstanceView::new(config, service, None);

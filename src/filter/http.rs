@@ -78,14 +78,14 @@ fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
 }
 
 /// Whether anything takes the serving instance's values for this request: response
-/// headers, Envoy's filter state, Kong's span companion ([`Shared::kong_ctx_wanted`]) or
+/// headers, Envoy's filter state, Kong's span companion ([`Shared::nginx_variable_wanted`]) or
 /// the filter's own span. Otherwise the response is left alone: no property read,
 /// nothing computed.
 fn instance_wanted(shared: &Shared, req: &RequestState) -> bool {
     shared.config.headers.response
         || req.span_id.is_some()
         || shared.config.host == HostKind::Envoy
-        || shared.kong_ctx_wanted()
+        || shared.nginx_variable_wanted()
 }
 
 impl Context for Http {
@@ -302,8 +302,7 @@ fn upstream_source(shared: &Shared) -> Option<UpstreamSource> {
             } else {
                 log::info!(
                     "consul-enricher: no Kong Lua in this nginx (no kong.version): the service \
-                     comes from ngx.upstream_host, and kong.ctx.shared, which only Kong's Lua \
-                     reads, is not written"
+                     comes from ngx.upstream_host"
                 );
                 host::property("ngx\0upstream_host").map(UpstreamSource::Host)
             }
@@ -514,8 +513,8 @@ impl HttpContext for Http {
         if shared.own_attributes_wanted(req.span_id.is_some()) {
             req.attributes.extend(peer_attributes);
         }
-        if shared.kong_ctx_wanted() {
-            shared.write_kong_ctx(&view, &req.attributes);
+        if shared.nginx_variable_wanted() {
+            shared.write_nginx_variable(&view, &req.attributes);
         }
         req.instance = Some(view);
         Action::Continue

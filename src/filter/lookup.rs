@@ -743,13 +743,12 @@ fn service_enrichment(
 }
 
 impl Shared {
-    /// Whether this worker writes `kong.ctx.shared`: on Kong, configured, not refused by
-    /// the host, and not on an nginx found to have no Kong Lua (nothing would read it).
-    pub fn kong_ctx_wanted(&self) -> bool {
+    /// Whether this worker writes the request's attributes to its nginx variable: on Kong,
+    /// configured, and not refused by the host.
+    pub fn nginx_variable_wanted(&self) -> bool {
         self.config.host == HostKind::Kong
-            && self.config.kong_ctx_shared
-            && self.kong_ctx_writable.get()
-            && self.kong_lua.get() != Some(false)
+            && self.nginx_variable_property.is_some()
+            && !self.nginx_variable_refused.get()
     }
 
     /// Whether a request's own attributes (baggage values read, lookup duration, peer
@@ -757,23 +756,46 @@ impl Shared {
     /// companion. Otherwise they are not computed: on Envoy, whose span gets the instance
     /// through filter state, a hit then allocates none of them.
     pub fn own_attributes_wanted(&self, traced: bool) -> bool {
-        traced || self.kong_ctx_wanted()
+        traced || self.nginx_variable_wanted()
     }
 
-    /// Hands the request's attributes to Kong's Lua (`kong.ctx.shared.consul_enricher`),
-    /// where the span companion reads them. A host that refuses the property (a module
-    /// built with another property namespace answers NotFound; without Kong's Lua, in the
-    /// `kong` namespace, ngx_wasm_module keeps the value for the request itself:
-    /// `ngx_proxy_wasm_properties_set` in `ngx_proxy_wasm_properties.c`) is told once per
-    /// worker, and not asked again. Called only when [`Shared::kong_ctx_wanted`].
-    pub fn write_kong_ctx(&self, instance: &InstanceView, own: &Attributes) {
+    /// Hands the request's attributes to Kong's Lua through the nginx variable
+    /// `$<nginx_variable>`, where the span companion reads them in the log phase.
+    ///
+    /// Never through a `kong.*` property such as `kong.ctx.shared`: Kong answers those in
+    /// Lua, through a LuaJIT FFI callback that ngx_wasm_module calls from C
+    /// (`set_host_properties_handlers` in `lib/resty/wasmx/proxy_wasm.lua`). LuaJIT runs a
+    /// callback on the coroutine that last used the FFI (`lj_ccallback_enter` in LuaJIT's
+    /// `src/lj_ccallback.c`), and the handler first stores this request in that coroutine
+    /// (`set_r`); on response headers that coroutine is another request's, which then
+    /// works on the wrong request: Kong 3.9.1's workers crash under concurrent load. An
+    /// `ngx.*` property is set in C (`ngx_proxy_wasm_properties_set_ngx` in
+    /// `src/common/proxy_wasm/ngx_proxy_wasm_properties.c`): no Lua runs.
+    ///
+    /// The variable must be declared (`set $consul_enricher '';`, in Kong
+    /// `nginx_proxy_set`): undeclared it is NotFound, and this worker says so once and
+    /// stops writing. Called only when [`Shared::nginx_variable_wanted`].
+    pub fn write_nginx_variable(&self, instance: &InstanceView, own: &Attributes) {
+        let Some(property) = &self.nginx_variable_property else {
+            return;
+        };
         let value = instance.json_object(own);
-        if let Err(status) = host::set_property("kong\0ctx\0shared\0consul_enricher", &value) {
-            self.kong_ctx_writable.set(false);
-            log::warn!(
-                "consul-enricher: this host refuses kong.ctx.shared ({status:?}): Kong's span \
-                 companion gets nothing from this worker; set kong_ctx_shared to false to silence this"
-            );
+        if let Err(status) = host::set_property(property, &value) {
+            let name = &self.config.nginx_variable;
+            if status == Status::NotFound {
+                log::warn!(
+                    "consul-enricher: nginx variable ${name} is not declared: Kong's span \
+                     companion gets nothing from this worker; declare it with \
+                     nginx_proxy_set = ${name} '' in kong.conf (KONG_NGINX_PROXY_SET), or set \
+                     nginx_variable to \"\" to silence this"
+                );
+            } else {
+                log::warn!(
+                    "consul-enricher: this host refuses nginx variable ${name} ({status:?}): \
+                     Kong's span companion gets nothing from this worker"
+                );
+            }
+            self.nginx_variable_refused.set(true);
         }
     }
 }

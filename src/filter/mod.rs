@@ -154,7 +154,7 @@ pub struct RequestState {
     pub entry: Option<Rc<Entry>>,
     /// This request's own attributes (baggage values read, lookup duration, then the
     /// peer address); with the service's and the instance's they are what the span and
-    /// `kong.ctx.shared` get ([`RequestAttributes`]).
+    /// Kong's nginx variable get ([`RequestAttributes`]).
     pub attributes: Attributes,
     /// The service-level enrichment applied (its headers are repeated on the response with
     /// `headers.response`).
@@ -292,8 +292,11 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
     pub state: RefCell<WorkerState>,
-    /// False once the host refused `kong.ctx.shared`.
-    pub kong_ctx_writable: Cell<bool>,
+    /// The property `ngx.<nginx_variable>` (path segments joined by NUL), `None` when no
+    /// variable is configured.
+    pub nginx_variable_property: Option<String>,
+    /// True once the host refused the nginx variable.
+    pub nginx_variable_refused: Cell<bool>,
     /// Whether Kong's Lua answers this worker's `kong.*` properties, once a request found
     /// out (it does for the worker's whole life or never).
     pub kong_lua: Cell<Option<bool>>,

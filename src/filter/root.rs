@@ -12,7 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 use super::host;
 use super::http::Http;
 use super::{Metrics, Shared, WorkerState, TICK_MS};
-use crate::config::Config;
+use crate::config::{Config, HostKind};
 use crate::span::SpanIds;
 
 pub struct Root {
@@ -42,6 +42,12 @@ fn pass_through_unless_envoy(bytes: &[u8], why: &str) -> bool {
     true
 }
 
+/// The property path of the configured nginx variable, on Kong only.
+fn nginx_variable_property(config: &Config) -> Option<String> {
+    (config.host == HostKind::Kong && !config.nginx_variable.is_empty())
+        .then(|| format!("ngx\0{}", config.nginx_variable))
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         if let Some(shared) = &self.shared {
@@ -62,9 +68,10 @@ impl RootContext for Root {
         };
         let seed = host::random_u64() ^ host::now_nanos();
         let shared = Shared {
+            nginx_variable_property: nginx_variable_property(&config),
             config,
             metrics: Metrics::define(),
-            kong_ctx_writable: Cell::new(true),
+            nginx_variable_refused: Cell::new(false),
             kong_lua: Cell::new(None),
             companion_missing_said: Cell::new(false),
             state: RefCell::new(WorkerState {

@@ -137,6 +137,28 @@ def mount_target(service, source):
     return None
 
 
+# The companion's default nginx_variable (kong/plugins/consul-enricher-span/schema.lua).
+COMPANION_DEFAULT_VARIABLE = "consul_enricher"
+
+
+def check_nginx_variable(report, kong, env, variable):
+    """The variable the filter writes is declared for Kong's proxy server block
+    (`nginx_proxy_set`, kong/templates/nginx_kong.lua) and is the one the companion reads."""
+    if not variable:
+        report.check("kong/kong.yml's filter writes an nginx variable for the companion", False, "nginx_variable is empty")
+        return
+    # Compose turns "$$" into "$".
+    declared = env.get("KONG_NGINX_PROXY_SET", "").replace("$$", "$").split()
+    report.check(
+        f"Kong declares ${variable} (KONG_NGINX_PROXY_SET)",
+        declared[:1] == [f"${variable}"] and len(declared) == 2,
+        f"KONG_NGINX_PROXY_SET={env.get('KONG_NGINX_PROXY_SET')!r}",
+    )
+    companion = next((p for p in kong.get("plugins") or [] if p.get("name") == COMPANION_PLUGIN), {})
+    read = (companion.get("config") or {}).get("nginx_variable", COMPANION_DEFAULT_VARIABLE)
+    report.check(f"{COMPANION_PLUGIN} reads ${variable}", read == variable, f"it reads ${read}")
+
+
 def check_kong(report, compose, kong, config_schema, kong_validator):
     validator = kong_validator(config_schema)
     configs = kong_filter_configs(kong)
@@ -179,6 +201,7 @@ def check_kong(report, compose, kong, config_schema, kong_validator):
         f"Kong loads the {COMPANION_PLUGIN} plugin",
         COMPANION_PLUGIN in env.get("KONG_PLUGINS", "").split(","),
     )
+    check_nginx_variable(report, kong, env, config_value(config, config_schema, "nginx_variable"))
     consul_ip = compose["services"]["consul"]["networks"]["demo"]["ipv4_address"]
     report.check(
         "Kong's DNS resolver is Consul's DNS",

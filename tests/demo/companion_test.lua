@@ -45,9 +45,11 @@ end
 local phase = "init_worker"
 local ngx_errors = {}
 
--- OpenResty's ngx: a per-request ngx.ctx, the phase, the error log.
+-- OpenResty's ngx: a per-request ngx.ctx and ngx.var (an undeclared variable reads nil),
+-- the phase, the error log.
 _G.ngx = {
   ctx = {},
+  var = {},
   ERR = 4,
   DEBUG = 8,
   get_phase = function()
@@ -489,9 +491,12 @@ local function kong_node(options)
     return a.PRIORITY > b.PRIORITY
   end)
 
-  -- One proxied request; `shared` is what the filter left in kong.ctx.shared.consul_enricher.
-  function node.request(shared)
+  -- One proxied request; `written` is what the filter left in the nginx variable
+  -- (`variable`, default consul_enricher, declared with `set $consul_enricher ''`), and
+  -- `conf` the companion's configuration.
+  function node.request(written, conf, variable)
     ngx.ctx = {}
+    ngx.var = { [variable or "consul_enricher"] = "" }
     kong.ctx.shared = {}
     node.exported = {}
 
@@ -531,8 +536,10 @@ local function kong_node(options)
       spans[1]:set_attribute("http.status_code", 200)
     end
 
-    -- What the filter wrote through the property kong.ctx.shared.consul_enricher.
-    kong.ctx.shared.consul_enricher = shared
+    -- What the filter wrote through its property ngx.<variable>.
+    if written ~= nil then
+      ngx.var[variable or "consul_enricher"] = written
+    end
 
     -- kong/init.lua Kong.log: runloop.log.before (kong/runloop/handler.lua) calls
     -- instrumentation.lua runloop_log_before: balancer(ctx) makes the balancer span
@@ -551,7 +558,7 @@ local function kong_node(options)
     node.active_span_in_log = kong.tracing.active_span()
 
     for _, plugin in ipairs(log_order) do
-      plugin:log()
+      plugin:log(plugin == companion and conf or nil)
     end
     phase = "done"
     return node.exported
@@ -779,13 +786,14 @@ case("a JSON array or scalar is not an attribute object", function()
   end
 end)
 
-case("a non-string value in kong.ctx.shared is logged, not decoded", function()
+case("the variable the configuration names is the one read", function()
   local node = kong_node()
-  local root = exported_span(node.request({ ["service.peer.name"] = "echo" }), "kong")
-  expect_equal("no attribute", root and root["service.peer.name"], nil)
-  if not find_line(node.log_lines, "not a JSON string") then
-    fail("debug line", show(node.log_lines))
-  end
+  local conf = { nginx_variable = "edge_attributes" }
+  local root = exported_span(node.request(FILTER_JSON, conf, "edge_attributes"), "kong")
+  expect_equal("read from $edge_attributes", root and root["service.peer.name"], { string_value = "echo" })
+  local default = exported_span(node.request(FILTER_JSON, nil, "edge_attributes"), "kong")
+  expect_equal("$consul_enricher undeclared: nothing", default and default["service.peer.name"], nil)
+  expect_equal("no log", #node.log_lines, 0)
 end)
 
 case("nothing written by the filter: nothing to do, nothing logged", function()

@@ -1,12 +1,20 @@
--- consul-enricher-span: copies the attributes the consul_enricher filter left in
--- kong.ctx.shared.consul_enricher (a JSON object of attribute name -> value) onto Kong's
+-- consul-enricher-span: copies the attributes the consul_enricher filter left in the
+-- nginx variable $consul_enricher (a JSON object of attribute name -> value) onto Kong's
 -- request span, the root span, so the opentelemetry plugin exports them with that span.
 -- In the access phase it also removes what a client forged under the filter's names (see
 -- "Incoming headers" below).
 --
--- Proxy-Wasm ABI 0.2.1 has no span API; from Kong 3.6 the filter's property
--- "kong.ctx.shared.<key>" is Kong's kong.ctx.shared (kong/runloop/wasm.lua), which is how
--- the values get here.
+-- Proxy-Wasm ABI 0.2.1 has no span API. The filter sets the variable on response headers
+-- through its property ngx.consul_enricher, which ngx_wasm_module writes in C
+-- (src/common/proxy_wasm/ngx_proxy_wasm_properties.c, ngx_proxy_wasm_properties_set_ngx),
+-- so the variable must be declared: `nginx_proxy_set = $consul_enricher ''` in kong.conf
+-- (KONG_NGINX_PROXY_SET), which Kong's template puts in the proxy server block
+-- (kong/templates/nginx_kong.lua, nginx_proxy_directives). Not kong.ctx.shared: Kong
+-- answers kong.* properties in Lua, through a LuaJIT FFI callback that ngx_wasm_module
+-- calls from C (lib/resty/wasmx/proxy_wasm.lua, set_host_properties_handlers); LuaJIT runs
+-- it on the coroutine that last used the FFI (src/lj_ccallback.c, lj_ccallback_enter),
+-- which on response headers is another request's, and Kong 3.9.1's workers crash under
+-- concurrent load.
 --
 -- What this relies on, as Kong 3.4-3.9 implement it:
 --
@@ -67,8 +75,8 @@
 
 local cjson = require "cjson.safe"
 
-local CTX_KEY = "consul_enricher"
-local SOURCE = "kong.ctx.shared." .. CTX_KEY
+-- The schema's default nginx_variable (schema.lua), the filter's default too.
+local DEFAULT_VARIABLE = "consul_enricher"
 
 -- Bounds on what one request can make this plugin do: the filter writes a few dozen
 -- attributes at most.
@@ -199,17 +207,15 @@ local function root_span()
   return type(spans) == "table" and spans[1] or nil
 end
 
--- Decodes the filter's JSON; returns the attribute table, or nil and why not.
-local function decode_attributes(raw)
-  if type(raw) ~= "string" then
-    return nil, SOURCE .. " is a " .. type(raw) .. ", not a JSON string"
-  end
+-- Decodes the filter's JSON read from $`name`; returns the attribute table, or nil and
+-- why not.
+local function decode_attributes(name, raw)
   local attributes, err = cjson.decode(raw)
   if err then
-    return nil, SOURCE .. " is not valid JSON: " .. err
+    return nil, "$" .. name .. " is not valid JSON: " .. err
   end
   if type(attributes) ~= "table" or (next(attributes) ~= nil and attributes[1] ~= nil) then
-    return nil, SOURCE .. " is not a JSON object"
+    return nil, "$" .. name .. " is not a JSON object"
   end
   return attributes
 end
@@ -348,13 +354,15 @@ function ConsulEnricherSpan:init_worker()
   end
 end
 
-function ConsulEnricherSpan:log()
-  local raw = kong.ctx.shared[CTX_KEY]
-  if raw == nil then
+function ConsulEnricherSpan:log(conf)
+  local name = conf and conf.nginx_variable or DEFAULT_VARIABLE
+  -- nil when undeclared, "" when declared and not written (the filter did not run).
+  local raw = ngx.var[name]
+  if raw == nil or raw == "" then
     return
   end
 
-  local attributes, err = decode_attributes(raw)
+  local attributes, err = decode_attributes(name, raw)
   if not attributes then
     kong.log.debug(err)
     return

@@ -1,6 +1,6 @@
 -- consul-enricher-span: the filter's names that the access handler removes from incoming
--- requests (handler.lua, "Incoming headers"). The log handler has nothing to configure: it
--- reads the one key the consul_enricher filter writes. HTTP(S) traffic only.
+-- requests (handler.lua, "Incoming headers"), and the nginx variable the log handler reads.
+-- HTTP(S) traffic only.
 local typedefs = require "kong.db.schema.typedefs"
 
 return {
@@ -29,6 +29,17 @@ return {
               default = true,
               description = "Remove incoming headers under header_prefix and consul.* "
                 .. "baggage members before the filter runs.",
+            },
+          },
+          -- The filter's nginx_variable: the variable, declared in kong.conf with
+          -- nginx_proxy_set, that holds the attributes by the log phase.
+          { nginx_variable = {
+              type = "string",
+              required = true,
+              default = "consul_enricher",
+              match = "^[%w_]+$",
+              description = "The nginx variable the consul_enricher filter writes (its "
+                .. "nginx_variable), without the $.",
             },
           },
         },

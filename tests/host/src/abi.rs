@@ -259,6 +259,46 @@ fn property_path(raw: &[u8]) -> String {
 
 const KONG_CTX_SHARED: &str = "kong.ctx.shared.";
 
+/// The start of the Critical line the Kong flavour logs when the filter makes Kong's Lua
+/// answer a property outside request headers.
+pub const KONG_LUA_OUTSIDE_REQUEST_HEADERS: &str =
+    "Kong's Lua answered a property outside request headers";
+
+/// Kong answers `kong.*` properties in Lua: ngx_wasm_module calls Kong's handler as a
+/// LuaJIT FFI callback from C (`set_host_properties_handlers` in
+/// `lib/resty/wasmx/proxy_wasm.lua`), and LuaJIT runs a callback on the coroutine that last
+/// used the FFI (`lj_ccallback_enter`, LuaJIT `src/lj_ccallback.c`), in which the handler
+/// first stores the calling request (`set_r`). In request headers, which ngx_wasm_module
+/// runs right after Kong's access handler (`req_headers_in_access`,
+/// `src/common/lua/ngx_wasm_lua_ffi.c`), that coroutine is this request's own. In any later
+/// step it is whichever request last ran Lua, which then works on this request: Kong
+/// 3.9.1's workers crash under concurrent load (freed requests logged, `ctx` nil, "API
+/// disabled in the context of balancer_by_lua*"). The host cannot make that race happen on
+/// cue, so it logs the call at Critical, every time.
+fn note_kong_lua_call(state: &WorkerState, path: &str) {
+    let kong_lua = state.shared.flavour == Flavour::Kong
+        && path.starts_with("kong.")
+        && !foreign_namespace(state, path)
+        && request_property(state, "kong.version").is_some();
+    if kong_lua && state.step != Step::RequestHeaders {
+        state.log(
+            LogLevel::Critical,
+            format!(
+                "{KONG_LUA_OUTSIDE_REQUEST_HEADERS}: {path} in {:?}",
+                state.step
+            ),
+        );
+    }
+}
+
+fn request_property(state: &WorkerState, path: &str) -> Option<Vec<u8>> {
+    let record = state.requests.get(&state.effective_context);
+    record
+        .and_then(|r| r.properties.get(path))
+        .or_else(|| state.shared.properties.get(path))
+        .cloned()
+}
+
 /// Whether the host has no answer for `path` at all. ngx_wasm_module answers `ngx.*`, its
 /// mapped Envoy-style attributes, and `<namespace>.*` host properties (Kong's Lua
 /// answers them; the namespace is a build option, `wasmx` by default, `kong` in Kong:
@@ -300,35 +340,42 @@ fn get_property(state: &WorkerState, path: &str) -> Option<Vec<u8>> {
     if foreign_namespace(state, path) {
         return None;
     }
+    note_kong_lua_call(state, path);
     let record = state.requests.get(&state.effective_context);
     if path == "upstream.address" || path == "upstream.port" {
         let peer = record?.upstream_address.as_deref()?;
         return upstream_property(flavour, peer, path);
     }
-    if let Some(key) = path.strip_prefix(KONG_CTX_SHARED) {
-        return record?.kong_ctx_shared.get(key).cloned();
+    if let Some(name) = path.strip_prefix("ngx.") {
+        if let Some(value) = record.and_then(|r| r.nginx_variables.get(name)) {
+            return Some(value.clone());
+        }
     }
-    if let Some(value) = record.and_then(|r| r.properties.get(path)) {
-        return Some(value.clone());
-    }
-    state.shared.properties.get(path).cloned()
+    request_property(state, path)
 }
 
+/// Kong: `ngx.<name>` sets a declared variable (`ngx_proxy_wasm_properties_set_ngx`:
+/// an unknown one is NotFound), `kong.ctx.shared.*` goes to Kong's Lua, any other
+/// `kong.*` is NotFound. Envoy keeps what is set for the request.
 fn set_property(state: &mut WorkerState, path: &str, value: Vec<u8>) -> i32 {
     let flavour = state.shared.flavour;
     if foreign_namespace(state, path) {
         return NOT_FOUND;
     }
+    note_kong_lua_call(state, path);
+    let declared = |name: &str| state.shared.nginx_variables.iter().any(|v| v == name);
+    let variable = path.strip_prefix("ngx.").filter(|name| declared(name));
+    let variable = variable.map(str::to_string);
     let context = state.effective_context;
     let Some(record) = state.requests.get_mut(&context) else {
         return NOT_FOUND;
     };
     match flavour {
         Flavour::Kong => {
-            if let Some(key) = path.strip_prefix(KONG_CTX_SHARED) {
-                record.kong_ctx_shared.insert(key.to_string(), value);
+            if let Some(name) = variable {
+                record.nginx_variables.insert(name, value);
                 OK
-            } else if path.starts_with("ngx.") {
+            } else if path.starts_with(KONG_CTX_SHARED) {
                 record.properties.insert(path.to_string(), value);
                 OK
             } else {

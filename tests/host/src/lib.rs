@@ -29,6 +29,7 @@ use wasmtime::error::Context as _;
 use wasmtime::Result;
 use wasmtime::{Engine, Linker, Module};
 
+pub use abi::KONG_LUA_OUTSIDE_REQUEST_HEADERS;
 pub use dispatch::DispatchRecord;
 pub use shared::{MetricKind, SharedEntry};
 pub use worker::{find_header, LocalResponse, Phase, RequestRecord};
@@ -88,6 +89,10 @@ pub struct HostOptions {
     /// Kong: the host property namespace ngx_wasm_module was built with (`kong` in Kong,
     /// the module's default `wasmx` elsewhere); `kong.*` is NotFound under another one.
     pub property_namespace: String,
+    /// Kong: the nginx variables declared changeable (`set $name ...;`), which the filter
+    /// may set as `ngx.<name>`; any other `ngx.*` set is NotFound. Kong declares the filter's
+    /// with `nginx_proxy_set`, as docker-compose.yml does (`KONG_NGINX_PROXY_SET`).
+    pub nginx_variables: Vec<String>,
     /// Kong: what `:authority` reads, built from the server block's `server_name` and the
     /// listening port (`ngx_proxy_wasm_maps_get_authority`, ngx_proxy_wasm_maps.c); the
     /// client's `Host` stays in the `host` header.
@@ -114,6 +119,7 @@ impl HostOptions {
             clusters: HashMap::new(),
             properties: HashMap::new(),
             property_namespace: "kong".to_string(),
+            nginx_variables: vec!["consul_enricher".to_string()],
             server_authority: "kong:8000".to_string(),
             log_level: LogLevel::Trace,
             auto_ticks: true,
@@ -198,6 +204,7 @@ pub(crate) struct HostShared {
     pub clusters: HashMap<String, String>,
     pub properties: HashMap<String, Vec<u8>>,
     pub property_namespace: String,
+    pub nginx_variables: Vec<String>,
     pub server_authority: String,
     pub log_level: LogLevel,
     shared_data: Mutex<SharedData>,
@@ -305,6 +312,7 @@ impl Host {
             clusters: options.clusters,
             properties: options.properties,
             property_namespace: options.property_namespace,
+            nginx_variables: options.nginx_variables,
             server_authority: options.server_authority,
             log_level: options.log_level,
             shared_data: Mutex::new(SharedData::new(options.flavour, options.shm_zones)),

@@ -62,8 +62,8 @@ pub struct RequestRecord {
     pub forwarded_at: Option<Instant>,
     pub upstream_address: Option<String>,
     pub properties: HashMap<String, Vec<u8>>,
-    /// Kong's `kong.ctx.shared.<key>` values written by the filter.
-    pub kong_ctx_shared: BTreeMap<String, Vec<u8>>,
+    /// Kong: the nginx variables the filter set (`ngx.<name>`), by name.
+    pub nginx_variables: BTreeMap<String, Vec<u8>>,
     pub(crate) pending_calls: usize,
 }
 
@@ -355,7 +355,7 @@ impl Worker {
                 forwarded_at: None,
                 upstream_address: None,
                 properties,
-                kong_ctx_shared: BTreeMap::new(),
+                nginx_variables: BTreeMap::new(),
                 pending_calls: 0,
             },
         );

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use standins::{closed_port_addr, ConsulOptions, ConsulStandin, Fault, Instance};
 use test_host::{
     artifacts, Flavour, Host, HostOptions, LogLevel, Phase, RequestHandle, RequestSpec,
+    KONG_LUA_OUTSIDE_REQUEST_HEADERS,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -115,14 +116,14 @@ impl Gateway {
     }
 
     /// Sends `spec` (to the Consul service `echo`), answers it, and checks that it was
-    /// enriched and completed with nothing in `kong.ctx.shared`.
-    fn enriched_without_kong_ctx(&mut self, spec: RequestSpec) {
+    /// enriched and completed: the record.
+    fn enriched(&mut self, spec: RequestSpec) -> test_host::RequestRecord {
         let request = self.send(spec);
         let record = self.forwarded(request);
         assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
         let record = self.answered(request, "127.0.0.2:9002");
         assert_eq!(record.phase, Phase::Completed);
-        assert!(record.kong_ctx_shared.is_empty());
+        record
     }
 
     /// A counter's value; the filter hands its counts to the host on the tick, so every
@@ -136,7 +137,10 @@ impl Gateway {
             .unwrap_or(0)
     }
 
+    /// No trap, and (Kong) Kong's Lua never asked outside request headers.
     fn assert_no_traps(&self) {
+        let lua_calls = self.host.logs_containing(KONG_LUA_OUTSIDE_REQUEST_HEADERS);
+        assert!(lua_calls.is_empty(), "{:?}: {lua_calls:?}", self.flavour);
         assert!(
             self.host.traps().is_empty(),
             "{:?}: {:?}",
@@ -427,43 +431,90 @@ fn invalid_config_on_kong_passes_every_request_through_naming_the_key() {
 }
 
 #[test]
-fn kong_ctx_shared_refused_by_the_host_is_skipped_with_one_log_line() {
+fn an_undeclared_nginx_variable_is_said_once_and_not_written_again() {
     let consul = consul_with_echo(ConsulOptions::default());
-    // ngx_wasm_module's default property namespace: `kong.*` is NotFound. A static service
-    // name: the filter never asks whether Kong's Lua is there, so it tries the write.
-    let mut options = host_options(
-        Flavour::Kong,
-        1,
-        &consul.addr().to_string(),
-        json!({"service": {"name": "echo"}}),
-    );
-    options.property_namespace = "wasmx".to_string();
+    let mut options = host_options(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
+    options.nginx_variables.clear();
     let mut gw = Gateway {
         host: Host::new(options).unwrap(),
         flavour: Flavour::Kong,
     };
     for _ in 0..3 {
-        let spec = RequestSpec::get("kong", "/echo").header("traceparent", TRACEPARENT);
-        gw.enriched_without_kong_ctx(spec);
+        let record = gw.enriched(echo_request(Flavour::Kong));
+        assert!(record.nginx_variables.is_empty());
     }
-    assert_eq!(gw.host.logs_containing("kong.ctx.shared").len(), 1);
-    assert_eq!(gw.host.logs_containing("refuses kong.ctx.shared").len(), 1);
+    let said = gw
+        .host
+        .logs_containing("nginx variable $consul_enricher is not declared");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].message.contains("nginx_proxy_set"), "{said:?}");
     gw.assert_no_traps();
 }
 
 #[test]
-fn an_nginx_without_kong_lua_gets_no_kong_ctx_shared() {
+fn an_nginx_without_kong_lua_gets_the_variable_too() {
     let consul = consul_with_echo(ConsulOptions::default());
     let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), json!({}));
     for _ in 0..3 {
-        // No `kong.version`: the operator sets `$upstream_host` (`ngx.upstream_host`).
+        // No `kong.version`: the operator sets `$upstream_host` (`ngx.upstream_host`); an
+        // access log can print `$consul_enricher`.
         let spec = RequestSpec::get("kong", "/echo")
             .header("traceparent", TRACEPARENT)
             .property("ngx.upstream_host", "echo.service.consul");
-        gw.enriched_without_kong_ctx(spec);
+        let record = gw.enriched(spec);
+        let raw = &record.nginx_variables["consul_enricher"];
+        let attributes: Value = serde_json::from_slice(raw).unwrap();
+        assert_eq!(attributes["consul.service.id"], "echo-2", "{attributes}");
     }
     assert_eq!(gw.host.logs_containing("no Kong Lua").len(), 1);
-    assert!(gw.host.logs_containing("refuses").is_empty());
+    gw.assert_no_traps();
+}
+
+#[test]
+fn nginx_variable_off_writes_nothing() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let extra = json!({"nginx_variable": ""});
+    let mut gw = gateway(Flavour::Kong, 1, &consul.addr().to_string(), extra);
+    let record = gw.enriched(echo_request(Flavour::Kong));
+    assert!(record.nginx_variables.is_empty());
+    assert!(gw.host.logs_containing("nginx variable").is_empty());
+    gw.assert_no_traps();
+}
+
+/// Kong's Lua answers `kong.*` properties through a LuaJIT callback that is safe only in
+/// request headers (see `KONG_LUA_OUTSIDE_REQUEST_HEADERS` in the host); writing
+/// `kong.ctx.shared` on response headers crashed Kong 3.9.1's workers under load.
+#[test]
+fn kong_lua_is_asked_only_in_request_headers_even_under_concurrency() {
+    let consul = consul_with_echo(ConsulOptions::default());
+    let extra = json!({"headers": {"response": true}, "cache": {"ttl_s": 1, "stale_s": 5}});
+    let mut gw = gateway(Flavour::Kong, 2, &consul.addr().to_string(), extra);
+    for round in 0..3 {
+        // Cold, then hits, then stale with a refresh: every callback the filter has.
+        let requests: Vec<_> = (0..20)
+            .map(|i| {
+                let spec = echo_request(Flavour::Kong).header("x-consul-service", "forged");
+                gw.send_on(i % 2, spec)
+            })
+            .collect();
+        for (i, request) in requests.into_iter().enumerate() {
+            gw.forwarded(request);
+            let record = gw.answered(
+                request,
+                if i % 2 == 0 {
+                    "127.0.0.1:9001"
+                } else {
+                    "127.0.0.2:9002"
+                },
+            );
+            assert_eq!(record.phase, Phase::Completed, "round {round}");
+            let lua_calls = gw.host.logs_containing(KONG_LUA_OUTSIDE_REQUEST_HEADERS);
+            assert!(lua_calls.is_empty(), "round {round}: {lua_calls:?}");
+            assert!(record.nginx_variables.contains_key("consul_enricher"));
+        }
+        gw.host.tick_all().unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+    }
     gw.assert_no_traps();
 }
 
@@ -475,7 +526,7 @@ fn kong_reads_the_instance_from_upstream_address_and_port() {
         let request = gw.send(echo_request(Flavour::Kong));
         gw.forwarded(request);
         let record = gw.answered(request, peer);
-        let raw = &record.kong_ctx_shared["consul_enricher"];
+        let raw = &record.nginx_variables["consul_enricher"];
         let attributes: Value = serde_json::from_slice(raw).unwrap();
         assert_eq!(attributes["consul.service.id"], id, "{attributes}");
         assert_eq!(
@@ -579,9 +630,9 @@ fn the_instance_actually_used_gets_its_own_attributes() {
         Some("echo")
     );
     let raw = record
-        .kong_ctx_shared
+        .nginx_variables
         .get("consul_enricher")
-        .expect("kong.ctx.shared.consul_enricher written");
+        .expect("$consul_enricher written");
     let attributes: Value = serde_json::from_slice(raw).unwrap();
     assert_eq!(attributes["consul.service.id"], "echo-2", "{attributes}");
     assert_eq!(attributes["service.peer.name"], "echo");
@@ -807,7 +858,7 @@ fn consul_text_is_encoded_once_and_attributes_carry_it_decoded() {
             "{flavour:?}: IPv6 compared as an address"
         );
         if flavour == Flavour::Kong {
-            let raw = &record.kong_ctx_shared["consul_enricher"];
+            let raw = &record.nginx_variables["consul_enricher"];
             let attributes: Value = serde_json::from_slice(raw).unwrap();
             assert_eq!(attributes["consul.service.meta.region"], "Zürich");
             assert_eq!(
