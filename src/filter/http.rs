@@ -171,8 +171,9 @@ const BAGGAGE_NAMESPACE: &str = "consul.";
 /// its namespace; unless `strip_incoming` is off, for a gateway behind a trusted one) and
 /// returns the caller's baggage as one list: every `baggage` line of the request, joined,
 /// as the W3C spec reads them. The baggage is `None` when it is malformed; it then passes
-/// on untouched but for the removed members.
-fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
+/// on untouched but for the removed members. Also whether Kong's companion did not run
+/// (see [`note_missing_companion`]): the upstream then gets what the client sent.
+fn strip_incoming(shared: &Shared, incoming: &Incoming) -> (Option<Baggage>, bool) {
     let strip = shared.config.strip_incoming;
     let kong = shared.config.host == HostKind::Kong;
     if strip {
@@ -199,15 +200,17 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
     if stripped > 0 {
         shared.metrics.count(Counter::Stripped, stripped as u64);
     }
-    if kong && strip && (!incoming.forged.is_empty() || incoming.baggage_lines > 1) {
+    let unstripped = kong && strip && (!incoming.forged.is_empty() || incoming.baggage_lines > 1);
+    if unstripped {
         note_missing_companion(shared);
     }
-    Baggage::parse(&kept)
+    let baggage = Baggage::parse(&kept)
         .map_err(|e| {
             shared.metrics.count(Counter::InvalidBaggage, 1);
             log_invalid(shared, "baggage", e.as_str());
         })
-        .ok()
+        .ok();
+    (baggage, unstripped)
 }
 
 /// Kong's companion plugin removes headers under the prefix and joins `baggage` lines in
@@ -215,7 +218,8 @@ fn strip_incoming(shared: &Shared, incoming: &Incoming) -> Option<Baggage> {
 /// access, then `runloop.wasm_attach`): when either reaches the filter, the companion did
 /// not run on this route. The upstream then gets each forged header emptied (`""`), the
 /// later copies of a repeated one and the later `baggage` lines as the client sent them
-/// (see `remove_request_header`). Counted per request, said once per worker.
+/// (see `remove_request_header`), and `x-consul-lookup: unstripped` instead of the lookup's
+/// outcome, so that it knows. Counted per request, said once per worker.
 fn note_missing_companion(shared: &Shared) {
     shared.metrics.count(Counter::CompanionMissing, 1);
     if shared.companion_missing_said.replace(true) {
@@ -416,7 +420,7 @@ impl HttpContext for Http {
 
         let headers = host::request_headers();
         let incoming = Incoming::read(config, &headers);
-        let baggage = strip_incoming(&shared, &incoming);
+        let (baggage, unstripped) = strip_incoming(&shared, &incoming);
         let trace = read_trace(&shared, &incoming);
         let span_id = start_span(&shared, trace.as_ref());
         let baggage_attributes = baggage
@@ -435,6 +439,7 @@ impl HttpContext for Http {
                 baggage,
                 baggage_attributes,
                 lookup_started_ms: start_nanos / 1_000_000,
+                unstripped,
                 entry: None,
                 attributes: Vec::new(),
                 service: None,
@@ -445,7 +450,12 @@ impl HttpContext for Http {
             log::debug!("consul-enricher: no Consul service for this request");
             if config.headers.request {
                 let lookup = concat(&config.headers.prefix, "lookup");
-                host::set_header(MapType::HttpRequestHeaders, &lookup, "none");
+                let value = if unstripped {
+                    enrich::UNSTRIPPED
+                } else {
+                    "none"
+                };
+                host::set_header(MapType::HttpRequestHeaders, &lookup, value);
             }
             return Action::Continue;
         };

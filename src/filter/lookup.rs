@@ -673,6 +673,10 @@ impl Shared {
             for (name, value) in &e.headers {
                 host::set_header(MapType::HttpRequestHeaders, name, value);
             }
+            if req.unstripped {
+                let lookup = enrich::concat(&self.config.headers.prefix, "lookup");
+                host::set_header(MapType::HttpRequestHeaders, &lookup, enrich::UNSTRIPPED);
+            }
         }
         if let Some(baggage) = req.baggage.as_mut() {
             let mut added = false;

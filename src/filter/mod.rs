@@ -151,6 +151,9 @@ pub struct RequestState {
     /// Attributes from the caller's baggage members named in `baggage.read_keys`.
     pub baggage_attributes: Attributes,
     pub lookup_started_ms: u64,
+    /// Kong: what the client sent under the filter's names reaches the upstream (the
+    /// companion did not run); `x-consul-lookup` then says `unstripped`.
+    pub unstripped: bool,
     pub entry: Option<Rc<Entry>>,
     /// This request's own attributes (baggage values read, lookup duration, then the
     /// peer address); with the service's and the instance's they are what the span and

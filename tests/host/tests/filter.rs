@@ -701,9 +701,10 @@ fn forged_headers_never_reach_the_upstream_when_consul_is_down() {
     for _ in 0..3 {
         let request = gw.send(forged(echo_request(flavour)));
         let record = gw.forwarded(request);
+        // Forged headers reach the filter: no companion ran, and the upstream is told.
         assert_eq!(
             consul_headers(&record),
-            vec![("x-consul-lookup".to_string(), "error".to_string())],
+            vec![("x-consul-lookup".to_string(), "unstripped".to_string())],
             "only the truth of this request"
         );
         assert_eq!(
@@ -724,7 +725,7 @@ fn forged_values_are_replaced_by_consuls_on_enriched_requests() {
     let request = gw.send(forged(echo_request(flavour)));
     let record = gw.forwarded(request);
     assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-    assert_eq!(record.upstream_header("x-consul-lookup"), Some("miss"));
+    assert_eq!(record.upstream_header("x-consul-lookup"), Some("unstripped"));
     assert_eq!(
         record.upstream_header("x-consul-meta-version"),
         Some("1.2.0,1.3.0")
@@ -753,9 +754,14 @@ fn without_a_usable_answer_the_upstream_learns_only_why() {
         let mut gw = gateway(flavour, 1, &consul.addr().to_string(), json!({}));
         let request = gw.send(forged(echo_request(flavour)));
         let record = gw.forwarded(request);
+        // On Kong forged headers reaching the filter mean no companion ran on the route.
+        let (unknown, none) = match flavour {
+            Flavour::Kong => ("unstripped", "unstripped"),
+            Flavour::Envoy => ("unknown", "none"),
+        };
         assert_eq!(
             consul_headers(&record),
-            vec![("x-consul-lookup".to_string(), "unknown".to_string())],
+            vec![("x-consul-lookup".to_string(), unknown.to_string())],
             "{flavour:?}: an unknown service"
         );
         let unrouted =
@@ -764,7 +770,7 @@ fn without_a_usable_answer_the_upstream_learns_only_why() {
         let record = gw.forwarded(request);
         assert_eq!(
             consul_headers(&record),
-            vec![("x-consul-lookup".to_string(), "none".to_string())],
+            vec![("x-consul-lookup".to_string(), none.to_string())],
             "{flavour:?}: no Consul service for this request"
         );
         gw.assert_no_traps();
@@ -1306,6 +1312,7 @@ fn kong_says_once_per_worker_that_the_companion_did_not_run() {
         let record = gw.forwarded(request);
         assert_eq!(record.upstream_header("x-consul-meta-owner"), Some(""));
         assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+        assert_eq!(record.upstream_header("x-consul-lookup"), Some("unstripped"));
     }
     let said = gw
         .host
@@ -1317,7 +1324,8 @@ fn kong_says_once_per_worker_that_the_companion_did_not_run() {
         .contains("route 5a1f0c3e-0000-4000-8000-000000000002"));
     assert_eq!(gw.metric("companion_missing"), 4);
     let clean = gw.send(echo_request(Flavour::Kong));
-    gw.forwarded(clean);
+    let record = gw.forwarded(clean);
+    assert_eq!(record.upstream_header("x-consul-lookup"), Some("hit"));
     assert_eq!(
         gw.metric("companion_missing"),
         4,
