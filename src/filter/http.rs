@@ -3,12 +3,14 @@
 use std::borrow::Cow;
 use std::rc::Rc;
 
+use hashbrown::HashMap;
+
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::host;
 use super::lookup::MissOutcome;
-use super::{Counter, RequestState, Shared, Target};
+use super::{Call, Counter, RequestState, Shared, Target};
 use crate::cache::{decide, Lookup};
 use crate::config::{Config, HostKind};
 use crate::enrich::{self, concat};
@@ -229,11 +231,9 @@ fn note_missing_companion(shared: &Shared) {
     let service = host::property("kong\0service_id").unwrap_or_else(|| "unknown".into());
     log::warn!(
         "consul-enricher: x-consul-* headers or several baggage lines reached the filter on \
-         route {route} (service {service}): Kong's companion plugin consul-enricher-span did \
-         not run there, so the upstream gets forged headers emptied, and the later copies of \
-         a repeated one and later baggage lines as the client sent them; enable the \
-         companion on every route with the filter (said once per worker, counted in \
-         consul_enricher_companion_missing_total)"
+         route {route} (service {service}): the companion plugin consul-enricher-span did not \
+         run there, so the upstream gets what the client sent (x-consul-lookup: unstripped); \
+         enable it on every route with the filter"
     );
 }
 
@@ -409,26 +409,25 @@ fn resolve_target(shared: &Shared, incoming: &Incoming) -> Option<Rc<Target>> {
     })
 }
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
+impl Http {
+    /// The request's enrichment: strip, read the trace context, find the service, then
+    /// enrich from the cache or wait for Consul (`Action::Pause`).
+    fn enrich_request(&self, shared: &Rc<Shared>) -> Action {
         let config = &shared.config;
         shared.metrics.count(Counter::Requests, 1);
         let start_nanos = host::now_nanos();
 
         let headers = host::request_headers();
         let incoming = Incoming::read(config, &headers);
-        let (baggage, unstripped) = strip_incoming(&shared, &incoming);
-        let trace = read_trace(&shared, &incoming);
-        let span_id = start_span(&shared, trace.as_ref());
+        let (baggage, unstripped) = strip_incoming(shared, &incoming);
+        let trace = read_trace(shared, &incoming);
+        let span_id = start_span(shared, trace.as_ref());
         let baggage_attributes = baggage
             .as_ref()
             .filter(|_| shared.own_attributes_wanted(span_id.is_some()))
             .map(|b| enrich::baggage_attributes(b, &config.baggage.read_keys))
             .unwrap_or_default();
-        let target = resolve_target(&shared, &incoming);
+        let target = resolve_target(shared, &incoming);
         shared.state.borrow_mut().requests.insert(
             self.id,
             RequestState {
@@ -473,8 +472,28 @@ impl HttpContext for Http {
             shared.apply(self.id, shared.read_entry(id), Lookup::Backoff, now);
             return Action::Continue;
         }
+        if lookup == (Lookup::Stale { refresh: true })
+            && shared.calls_need_a_request()
+            && shared.refresh_with_request(self.id, service, id, now)
+        {
+            return Action::Pause;
+        }
         shared.apply(self.id, entry, lookup, now);
         Action::Continue
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        let action = self.enrich_request(&shared);
+        // Kong: this request carries the span export that is due, and waits for it.
+        if shared.calls_need_a_request() && shared.flush_spans(Some(self.id)) {
+            return Action::Pause;
+        }
+        action
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
@@ -543,12 +562,33 @@ impl HttpContext for Http {
 impl Drop for Http {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
-            if let Ok(mut state) = shared.state.try_borrow_mut() {
-                state.requests.remove(&self.id);
-                for pending in state.pending.values_mut() {
-                    pending.waiters.retain(|&w| w != self.id);
+            let carried = match shared.state.try_borrow_mut() {
+                Ok(mut state) => {
+                    state.requests.remove(&self.id);
+                    for pending in state.pending.values_mut() {
+                        pending.waiters.retain(|&w| w != self.id);
+                    }
+                    take_carried_calls(&mut state.calls, self.id)
                 }
+                Err(_) => Vec::new(),
+            };
+            for call in carried {
+                shared.forget_call(call);
             }
         }
     }
+}
+
+/// The calls still in flight that request `context_id` made (Kong): the host drops them
+/// with the request, and no answer will come.
+fn take_carried_calls(calls: &mut HashMap<u32, Call>, context_id: u32) -> Vec<Call> {
+    let tokens: Vec<u32> = calls
+        .iter()
+        .filter(|(_, call)| match call {
+            Call::Lookup { waiter, .. } => *waiter == Some(context_id),
+            Call::SpanExport { carrier, .. } => *carrier == Some(context_id),
+        })
+        .map(|(token, _)| *token)
+        .collect();
+    tokens.iter().filter_map(|t| calls.remove(t)).collect()
 }

@@ -394,10 +394,16 @@ impl Shared {
                 }
                 match waiter {
                     // Kong delivers the answer to the request that made the call; the host
-                    // resumes it when this callback returns.
+                    // resumes it when this callback returns. A request that carried the
+                    // refresh of a stale entry (the leased call) is labelled as it is
+                    // served: a hit once refreshed, stale when Consul failed.
                     Some(waiter) if waiter == current => {
                         let now = host::now_ms();
-                        self.apply(waiter, Some(Rc::clone(&entry)), waiter_lookup(&entry), now);
+                        let lookup = match leased {
+                            true => decide(Some(&entry), now),
+                            false => waiter_lookup(&entry),
+                        };
+                        self.apply(waiter, Some(Rc::clone(&entry)), lookup, now);
                     }
                     Some(waiter) => log::debug!(
                         "consul-enricher: answer for request {waiter} delivered to {current}"
@@ -405,8 +411,25 @@ impl Shared {
                     None => self.finish_pending(current, &id, Some(entry)),
                 }
             }
-            Some(Call::SpanExport { spans }) => self.on_export_response(spans),
+            Some(Call::SpanExport { spans, .. }) => self.on_export_response(spans),
             None => log::debug!("consul-enricher: answer to an unknown call {token}"),
+        }
+    }
+
+    /// A call whose request went away before its answer: its lease and its place among
+    /// the exports in flight are given back, its spans counted as dropped.
+    pub fn forget_call(&self, call: Call) {
+        match call {
+            Call::Lookup { id, leased, .. } => {
+                if leased {
+                    self.release_lease(&id);
+                }
+            }
+            Call::SpanExport { spans, .. } => {
+                let mut state = self.state.borrow_mut();
+                state.exports_in_flight = state.exports_in_flight.saturating_sub(1);
+                self.metrics.count(Counter::SpansDropped, spans);
+            }
         }
     }
 
@@ -550,11 +573,46 @@ impl Shared {
         }
     }
 
+    /// Whether every call must be made by a request. ngx_wasm_module sends a call made
+    /// outside one (from the tick) on a fake request with a fake connection taken from the
+    /// worker's `worker_connections`, and never gives either back: the cleanup that would is
+    /// compiled out (`ngx_http_proxy_wasm_dispatch` in
+    /// `src/http/proxy_wasm/ngx_http_proxy_wasm_dispatch.c`, 9136e463 as on main). So on
+    /// Kong a worker would stop accepting connections after that many background calls.
+    /// A request's own call is freed with the request.
+    pub fn calls_need_a_request(&self) -> bool {
+        self.config.host == HostKind::Kong
+    }
+
+    /// Kong: the request that finds `id`'s entry stale refreshes it, if no other request of
+    /// the gateway is (the lease), and waits for the answer like a miss; the others are
+    /// served stale meanwhile. True when the call was sent.
+    pub fn refresh_with_request(
+        &self,
+        context_id: u32,
+        target: &ServiceTarget,
+        id: &str,
+        now: u64,
+    ) -> bool {
+        if self.take_lease(id, now, self.lookup_ms()).is_err() {
+            return false;
+        }
+        match self.dispatch_lookup(target, id, Some(context_id), true, None) {
+            Ok(_) => true,
+            Err(status) => {
+                self.release_lease(id);
+                self.dispatch_failed(id, status);
+                false
+            }
+        }
+    }
+
     /// A request used the service's entry: with `consul.watch` the service is watched while
-    /// in use; otherwise a stale entry is refreshed. Both happen on the next tick.
+    /// in use; otherwise a stale entry is refreshed. Both happen on the next tick, on Envoy:
+    /// on Kong a stale entry is refreshed by a request ([`Shared::refresh_with_request`]).
     pub fn note_use(&self, target: &ServiceTarget, id: &str, lookup: Lookup, now: u64) {
         let wanted = self.config.consul.watch || lookup == (Lookup::Stale { refresh: true });
-        if !wanted {
+        if !wanted || self.calls_need_a_request() {
             return;
         }
         let mut state = self.state.borrow_mut();
@@ -788,15 +846,14 @@ impl Shared {
             let name = &self.config.nginx_variable;
             if status == Status::NotFound {
                 log::warn!(
-                    "consul-enricher: nginx variable ${name} is not declared: Kong's span \
-                     companion gets nothing from this worker; declare it with \
-                     nginx_proxy_set = ${name} '' in kong.conf (KONG_NGINX_PROXY_SET), or set \
-                     nginx_variable to \"\" to silence this"
+                    "consul-enricher: nginx variable ${name} is not declared \
+                     (nginx_proxy_set = ${name} '' in kong.conf): Kong's span gets nothing \
+                     from this worker"
                 );
             } else {
                 log::warn!(
-                    "consul-enricher: this host refuses nginx variable ${name} ({status:?}): \
-                     Kong's span companion gets nothing from this worker"
+                    "consul-enricher: nginx variable ${name} refused ({status:?}): Kong's \
+                     span gets nothing from this worker"
                 );
             }
             self.nginx_variable_refused.set(true);

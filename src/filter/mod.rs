@@ -243,6 +243,8 @@ pub enum Call {
     },
     SpanExport {
         spans: u64,
+        /// Kong: the request that carries the call (see `Shared::calls_need_a_request`).
+        carrier: Option<u32>,
     },
 }
 

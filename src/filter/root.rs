@@ -59,13 +59,23 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         let bytes = host::buffer(BufferType::PluginConfiguration, size);
-        let config = match Config::from_json(&bytes) {
+        let mut config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 self.shared = None;
                 return pass_through_unless_envoy(&bytes, &e.to_string());
             }
         };
+        if config.host == HostKind::Kong && config.consul.watch {
+            // A blocking query cannot be carried by a request (it would hold it for
+            // consul.wait_s), and a call from the tick leaks on Kong (see
+            // `Shared::calls_need_a_request`).
+            log::warn!(
+                "consul-enricher: consul.watch is off on Kong (a call outside a request \
+                 leaks there); refreshing every cache.ttl_s"
+            );
+            config.consul.watch = false;
+        }
         let seed = host::random_u64() ^ host::now_nanos();
         let shared = Shared {
             nginx_variable_property: nginx_variable_property(&config),
@@ -109,9 +119,11 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             shared.poll_pending(self.id);
-            shared.refresh_wanted();
             shared.remove_expired_unknowns();
-            shared.flush_spans();
+            if !shared.calls_need_a_request() {
+                shared.refresh_wanted();
+                shared.flush_spans(None);
+            }
             shared.metrics.flush();
         }
     }

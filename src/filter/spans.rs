@@ -1,4 +1,5 @@
-//! The filter's own spans: queued per worker, exported in batches from the tick.
+//! The filter's own spans: queued per worker, exported in batches from the tick, or on
+//! Kong by a request (see `Shared::calls_need_a_request`).
 
 use super::host;
 use super::{Call, Counter, RequestState, Shared};
@@ -6,6 +7,11 @@ use crate::span::{encode_export, SpanRecord};
 
 /// Export calls in flight per worker; more spans wait in the queue.
 const MAX_EXPORTS_IN_FLIGHT: u32 = 2;
+/// How long an export may take: from the tick, as long as a collector needs; carried by a
+/// request (Kong), that request waits for it, so a collector that hangs costs it a second
+/// at most.
+const EXPORT_TIMEOUT_MS: u32 = 5_000;
+const CARRIED_EXPORT_TIMEOUT_MS: u32 = 1_000;
 
 impl Shared {
     /// Queues the span of a finished request, when it has one.
@@ -38,12 +44,13 @@ impl Shared {
         }
     }
 
-    /// From the tick (so the answer comes back to the root context, which outlives
-    /// requests): sends one batch when it is full or the flush period has passed.
-    pub fn flush_spans(&self) {
+    /// Sends one batch when it is full or the flush period has passed: from the tick (the
+    /// answer comes back to the root context, which outlives requests), or on Kong from the
+    /// request `carrier`, which then waits for the answer. True when a call was sent.
+    pub fn flush_spans(&self, carrier: Option<u32>) -> bool {
         let sp = &self.config.spans;
         if !sp.enabled {
-            return;
+            return false;
         }
         let now = host::now_ms();
         let batch: Vec<SpanRecord> = {
@@ -54,7 +61,7 @@ impl Shared {
                 || state.exports_in_flight >= MAX_EXPORTS_IN_FLIGHT
                 || !(full || due)
             {
-                return;
+                return false;
             }
             state.last_flush_ms = now;
             let n = state.spans.len().min(sp.batch_size as usize);
@@ -69,11 +76,20 @@ impl Shared {
             (":scheme", "http"),
             ("content-type", "application/json"),
         ];
-        match host::dispatch(&sp.upstream, headers, Some(body.as_bytes()), 5_000) {
+        let timeout = match carrier {
+            Some(_) => CARRIED_EXPORT_TIMEOUT_MS,
+            None => EXPORT_TIMEOUT_MS,
+        };
+        match host::dispatch(&sp.upstream, headers, Some(body.as_bytes()), timeout) {
             Ok(token) => {
                 let mut state = self.state.borrow_mut();
                 state.exports_in_flight += 1;
-                state.calls.insert(token, Call::SpanExport { spans: count });
+                let call = Call::SpanExport {
+                    spans: count,
+                    carrier,
+                };
+                state.calls.insert(token, call);
+                true
             }
             Err(status) => {
                 log::warn!(
@@ -81,6 +97,7 @@ impl Shared {
                     sp.upstream
                 );
                 self.metrics.count(Counter::SpansDropped, count);
+                false
             }
         }
     }

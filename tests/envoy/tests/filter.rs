@@ -632,6 +632,105 @@ fn a_watch_shows_a_change_within_about_a_second_and_nothing_else_reaches_consul(
     stack.assert_healthy();
 }
 
+#[test]
+fn an_index_going_backwards_starts_the_watch_over() {
+    let echoes = echoes();
+    let consul = consul_with_echo(&echoes);
+    let stack = stack_on(consul.addr(), echoes, watch_config());
+    assert!(until_version(&stack, "1.2.0", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(500));
+    // Consul keeps a query blocked while the index is not above the one asked for, so the
+    // watch returns at the end of its wait (5 s) with the lower index.
+    consul.set_index(1);
+    let deadline = Instant::now() + Duration::from_secs(9);
+    let restarted = loop {
+        let from_zero = consul
+            .request_log()
+            .iter()
+            .any(|r| r.path == CATALOG && r.query_values("index") == vec!["0".to_string()]);
+        if from_zero || Instant::now() > deadline {
+            break from_zero;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let queries: Vec<_> = consul
+        .request_log()
+        .iter()
+        .map(|r| r.query_values("index"))
+        .collect();
+    assert!(
+        restarted,
+        "a watch from index 0 after the reset: {queries:?}"
+    );
+    assert!(
+        until_version(&stack, "1.2.0", Duration::from_secs(5)),
+        "still served"
+    );
+    stack.assert_healthy();
+}
+
+#[test]
+fn a_failing_watch_backs_off_and_keeps_serving() {
+    let echoes = echoes();
+    let consul = consul_with_echo(&echoes);
+    let mut config = watch_config();
+    config["cache"]["backoff_s"] = json!(5);
+    let stack = stack_on(consul.addr(), echoes, config);
+    assert!(until_version(&stack, "1.2.0", Duration::from_secs(10)));
+    let before = consul.request_log().len();
+    consul.set_fault(Fault::Status(500, "rpc error".into()));
+    consul.set_index(consul.index() + 1);
+    for _ in 0..30 {
+        let answer = stack.echo(&[]);
+        assert_eq!(answer.upstream("x-consul-service"), Some("echo"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(stack.metric("consul_errors", 1) >= 1);
+    let failed = consul.request_log().len() - before;
+    // The watch in flight returns with the 500, then one call per backoff (5 s) at most.
+    assert!(
+        failed <= 3,
+        "backed off: {failed} requests during the 1.5 s of faults"
+    );
+    stack.assert_healthy();
+}
+
+#[test]
+fn agent_mode_asks_the_agents_cache() {
+    let echoes = echoes();
+    let consul = consul_with_echo(&echoes);
+    let stack = stack_on(consul.addr(), echoes, json!({"consul": {"cached": true}}));
+    let answer = stack.echo(&[]);
+    assert_eq!(answer.upstream("x-consul-service"), Some("echo"));
+    let sent = consul.request_log();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|r| r.has_query("cached")),
+        "{sent:?}"
+    );
+    stack.assert_healthy();
+}
+
+#[test]
+fn the_health_endpoint_labels_only_instances_that_can_serve() {
+    let echoes = echoes();
+    let consul = consul_with_echo(&echoes);
+    consul.set_check_status("echo-2", standins::CheckStatus::Critical);
+    let stack = stack_on(
+        consul.addr(),
+        echoes,
+        json!({"consul": {"endpoint": "health"}}),
+    );
+    let answer = stack.echo(&[]);
+    assert_eq!(answer.upstream("x-consul-instances"), Some("1"));
+    assert_eq!(answer.upstream("x-consul-meta-version"), Some("1.2.0"));
+    let sent = consul.request_log();
+    assert!(!sent.is_empty());
+    assert!(sent
+        .iter()
+        .all(|r| r.path == "/v1/health/service/echo" && r.has_query("passing")));
+    stack.assert_healthy();
+}
+
 /// The instance that served — known only once Envoy picked it (`upstream.address` on the
 /// response) — on the response headers and, through filter state and envoy.yaml's custom
 /// tags, on Envoy's own span; the filter's own span has it too, with OTLP types.

@@ -264,6 +264,24 @@ const KONG_CTX_SHARED: &str = "kong.ctx.shared.";
 pub const KONG_LUA_OUTSIDE_REQUEST_HEADERS: &str =
     "Kong's Lua answered a property outside request headers";
 
+/// The start of the Critical line the Kong flavour logs for a call made outside a request.
+pub const KONG_CALL_OUTSIDE_A_REQUEST: &str = "a call made outside a request leaks a connection";
+
+/// ngx_wasm_module sends a call made outside a request (from the root context: the tick,
+/// or the answer to an earlier such call) on a fake request with a fake connection taken
+/// from the worker's `worker_connections` (`ngx_http_wasm_create_fake_connection`,
+/// `src/http/ngx_http_wasm_util.c`), and the cleanup that would give them back is compiled
+/// out (`ngx_http_proxy_wasm_dispatch`, `src/http/proxy_wasm/ngx_http_proxy_wasm_dispatch.c`;
+/// 9136e463, and still on main). On nginx 1.25.3 with that module, a worker then logs
+/// "worker_connections are not enough" and stops accepting connections after that many such
+/// calls. The host counts nothing down; it logs every such call at Critical.
+fn note_call_outside_a_request(state: &WorkerState) {
+    state.log(
+        LogLevel::Critical,
+        format!("{KONG_CALL_OUTSIDE_A_REQUEST} (in {:?})", state.step),
+    );
+}
+
 /// Kong answers `kong.*` properties in Lua: ngx_wasm_module calls Kong's handler as a
 /// LuaJIT FFI callback from C (`set_host_properties_handlers` in
 /// `lib/resty/wasmx/proxy_wasm.lua`), and LuaJIT runs a callback on the coroutine that last
@@ -429,6 +447,9 @@ fn http_call(
                     "can only send HTTP dispatch during \"on_request_headers\", \
                      \"on_request_body\", \"on_dispatch_response\", \"on_tick\" (in {step:?})"
                 );
+            }
+            if caller.data().effective_context == ROOT_CONTEXT_ID {
+                note_call_outside_a_request(caller.data());
             }
             // ngx_wasm_module traps on these: the failure happens inside the host call.
             if upstream.is_empty() {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use standins::{closed_port_addr, ConsulOptions, ConsulStandin, Fault, Instance};
 use test_host::{
     artifacts, Flavour, Host, HostOptions, LogLevel, Phase, RequestHandle, RequestSpec,
-    KONG_LUA_OUTSIDE_REQUEST_HEADERS,
+    KONG_CALL_OUTSIDE_A_REQUEST, KONG_LUA_OUTSIDE_REQUEST_HEADERS,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -137,8 +137,11 @@ impl Gateway {
             .unwrap_or(0)
     }
 
-    /// No trap, and (Kong) Kong's Lua never asked outside request headers.
+    /// No trap, and (Kong) no call outside a request, Kong's Lua never asked outside
+    /// request headers.
     fn assert_no_traps(&self) {
+        let leaked = self.host.logs_containing(KONG_CALL_OUTSIDE_A_REQUEST);
+        assert!(leaked.is_empty(), "{:?}: {leaked:?}", self.flavour);
         let lua_calls = self.host.logs_containing(KONG_LUA_OUTSIDE_REQUEST_HEADERS);
         assert!(lua_calls.is_empty(), "{:?}: {lua_calls:?}", self.flavour);
         assert!(
@@ -205,10 +208,14 @@ fn cold_miss_pauses_for_one_call_then_hot_hits_make_none() {
     gw.assert_no_traps();
 }
 
+/// Kong makes every call from a request (`KONG_CALL_OUTSIDE_A_REQUEST`): the first request
+/// that finds the entry stale refreshes it and waits for Consul; the others are served stale
+/// at once.
 #[test]
-fn stale_entry_is_served_at_once_and_refreshed_once() {
+fn a_stale_entry_is_refreshed_by_one_request_and_the_others_served_at_once() {
     let flavour = Flavour::Kong;
     let consul = consul_with_echo(ConsulOptions::default());
+    consul.set_fault(Fault::Delay(Duration::from_millis(300)));
     let extra = json!({"cache": {"ttl_s": 1, "stale_s": 300}});
     let mut gw = gateway(flavour, 2, &consul.addr().to_string(), extra);
     let first = gw.send(echo_request(flavour));
@@ -218,22 +225,80 @@ fn stale_entry_is_served_at_once_and_refreshed_once() {
     let stale: Vec<_> = (0..4)
         .map(|i| gw.send_on(i % 2, echo_request(flavour)))
         .collect();
-    for request in &stale {
-        let record = gw.host.record(*request).cloned().unwrap();
+    let records: Vec<_> = stale
+        .iter()
+        .map(|r| gw.host.record(*r).cloned().unwrap())
+        .collect();
+    let carriers: Vec<_> = records
+        .iter()
+        .filter(|r| r.phase == Phase::Paused)
+        .collect();
+    assert_eq!(
+        carriers.len(),
+        1,
+        "one request refreshes, for the whole gateway"
+    );
+    for record in records.iter().filter(|r| r.phase != Phase::Paused) {
         assert_eq!(record.phase, Phase::Forwarded, "stale is served at once");
         assert_eq!(record.upstream_header("x-consul-lookup"), Some("stale"));
     }
-    let refreshed = gw
-        .host
-        .run_until(WAIT, |_| consul.requests(CATALOG) >= 2)
-        .unwrap();
-    assert!(refreshed, "a background refresh was made");
-    gw.host.run_until_idle(WAIT).unwrap();
+    let carrier = stale[records
+        .iter()
+        .position(|r| r.phase == Phase::Paused)
+        .unwrap()];
+    let record = gw.forwarded(carrier);
+    assert_eq!(record.upstream_header("x-consul-lookup"), Some("hit"));
     let after = gw.send(echo_request(flavour));
     let record = gw.host.record(after).cloned().unwrap();
     assert_eq!(record.upstream_header("x-consul-lookup"), Some("hit"));
     assert_eq!(consul.requests(CATALOG), 2, "one refresh, across workers");
-    assert!(gw.metric("cache_stale") >= 4);
+    assert!(gw.metric("cache_stale") >= 3);
+    gw.assert_no_traps();
+}
+
+/// A blocking query cannot be carried by a request, so Kong has no watch: said once per
+/// worker, and the entry is refreshed every TTL by a request instead.
+#[test]
+fn kong_has_no_watch_and_refreshes_from_requests() {
+    let flavour = Flavour::Kong;
+    let consul = consul_with_echo(ConsulOptions::default());
+    let extra = watch_config(json!({"cache": {"ttl_s": 1, "stale_s": 300}}));
+    let mut gw = gateway(flavour, 2, &consul.addr().to_string(), extra);
+    for i in 0..30 {
+        let request = gw.send_on(i % 2, echo_request(flavour));
+        gw.forwarded(request);
+        gw.host.advance(Duration::from_millis(100)).unwrap();
+    }
+    let said = gw.host.logs_containing("consul.watch is off on Kong");
+    assert_eq!(said.len(), 2, "once per worker: {said:?}");
+    let log = consul.request_log();
+    assert!(
+        log.iter().all(|r| !r.has_query("index")),
+        "no blocking query"
+    );
+    assert!(log.len() >= 2, "refreshed: {} calls", log.len());
+    gw.assert_no_traps();
+}
+
+/// The filter's own spans on Kong: the export is carried by a request, which waits for the
+/// collector; nothing is sent from the tick.
+#[test]
+fn kong_exports_spans_from_requests() {
+    let flavour = Flavour::Kong;
+    let consul = consul_with_echo(ConsulOptions::default());
+    let otlp = standins::OtlpStandin::start().unwrap();
+    let extra = json!({"spans": {"enabled": true, "upstream": otlp.addr().to_string(),
+        "authority": "otlp", "flush_ms": 100, "batch_size": 4}});
+    let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+    for _ in 0..12 {
+        let request = gw.send(echo_request(flavour));
+        gw.forwarded(request);
+        gw.answered(request, "127.0.0.1:9001");
+        gw.host.advance(Duration::from_millis(50)).unwrap();
+    }
+    let spans = otlp.wait_for_spans(8, WAIT);
+    assert!(spans.len() >= 8, "{} spans exported", spans.len());
+    assert!(gw.metric("spans_exported") >= 8);
     gw.assert_no_traps();
 }
 
@@ -725,7 +790,10 @@ fn forged_values_are_replaced_by_consuls_on_enriched_requests() {
     let request = gw.send(forged(echo_request(flavour)));
     let record = gw.forwarded(request);
     assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-    assert_eq!(record.upstream_header("x-consul-lookup"), Some("unstripped"));
+    assert_eq!(
+        record.upstream_header("x-consul-lookup"),
+        Some("unstripped")
+    );
     assert_eq!(
         record.upstream_header("x-consul-meta-version"),
         Some("1.2.0,1.3.0")
@@ -1073,72 +1141,6 @@ fn until_version(gw: &mut Gateway, worker: usize, version: &str, within: Duratio
     false
 }
 
-#[test]
-fn a_watch_shows_a_change_within_about_a_second() {
-    let flavour = Flavour::Kong;
-    let consul = consul_with_echo(ConsulOptions::default());
-    let mut gw = gateway(
-        flavour,
-        2,
-        &consul.addr().to_string(),
-        watch_config(json!({})),
-    );
-    assert!(until_version(&mut gw, 0, "1.2.0", WAIT));
-    // Let the watch open, then change the instance's meta in Consul.
-    gw.host
-        .run_until(Duration::from_millis(500), |_| false)
-        .unwrap();
-    consul.register(
-        Instance::new("echo", "echo-1")
-            .address("127.0.0.1")
-            .port(9001)
-            .meta("version", "9.9.9")
-            .meta("region", "eu-west"),
-    );
-    let changed_at = std::time::Instant::now();
-    assert!(
-        until_version(&mut gw, 0, "9.9.9", Duration::from_secs(5)),
-        "the change reached the headers"
-    );
-    eprintln!("change visible after {:?}", changed_at.elapsed());
-    let watches: Vec<_> = consul
-        .request_log()
-        .into_iter()
-        .filter(|r| r.path == CATALOG && r.has_query("index"))
-        .collect();
-    assert!(!watches.is_empty(), "blocking queries were made");
-    assert!(watches
-        .iter()
-        .all(|w| w.query_values("wait") == vec!["5s".to_string()]));
-    gw.assert_no_traps();
-}
-
-#[test]
-fn with_nothing_changing_consul_sees_only_the_open_watch() {
-    let flavour = Flavour::Kong;
-    let consul = consul_with_echo(ConsulOptions::default());
-    let mut gw = gateway(
-        flavour,
-        2,
-        &consul.addr().to_string(),
-        watch_config(json!({})),
-    );
-    assert!(until_version(&mut gw, 0, "1.2.0", WAIT));
-    let before = consul.requests(CATALOG);
-    for i in 0..40 {
-        let request = gw.send_on(i % 2, echo_request(flavour));
-        gw.forwarded(request);
-        gw.host.advance(Duration::from_millis(50)).unwrap();
-    }
-    // About 2 s of steady requests on two workers, one watch held for the gateway.
-    let during = consul.requests(CATALOG) - before;
-    assert!(
-        during <= 1,
-        "{during} Consul requests while nothing changed"
-    );
-    gw.assert_no_traps();
-}
-
 /// Requests on one worker only, for `period`, advancing the host in between.
 fn serve_on(gw: &mut Gateway, worker: usize, period: Duration) {
     let until = std::time::Instant::now() + period;
@@ -1149,154 +1151,77 @@ fn serve_on(gw: &mut Gateway, worker: usize, period: Duration) {
     }
 }
 
-/// Envoy flavour: the test picks each request's worker; real Envoy's kernel picks per connection.
+/// Envoy only: Kong has no watch. On the test host because the test picks each request's
+/// worker, and real Envoy's kernel picks per connection.
 #[test]
 fn another_worker_takes_the_watch_over_when_its_watcher_stops_serving_the_service() {
-    for flavour in Flavour::ALL {
-        let consul = consul_with_echo(ConsulOptions::default());
-        // A worker stops watching a service it has not served for a TTL.
-        let config = watch_config(json!({"consul": {"wait_s": 1}, "cache": {"ttl_s": 2}}));
-        let mut gw = gateway(flavour, 2, &consul.addr().to_string(), config);
-        serve_on(&mut gw, 0, Duration::from_millis(1500));
-        // Worker 0 watches; then only worker 1 serves the service, longer than a TTL and a
-        // wait, so worker 0's watch ends and worker 1 must hold the next one.
-        serve_on(&mut gw, 1, Duration::from_secs(4));
-        consul.register(
-            Instance::new("echo", "echo-1")
-                .address("127.0.0.1")
-                .port(9001)
-                .meta("version", "9.9.9")
-                .meta("region", "eu-west"),
-        );
-        assert!(
-            until_version(&mut gw, 1, "9.9.9", Duration::from_secs(3)),
-            "{flavour:?}: the change reached worker 1's requests"
-        );
-        let watches = consul
-            .request_log()
-            .iter()
-            .filter(|r| r.path == CATALOG && r.has_query("index"))
-            .count();
-        // About one watch per second of wait over some 6 s, never one per tick.
-        assert!(watches <= 12, "{flavour:?}: {watches} watches");
-        gw.assert_no_traps();
-    }
+    let flavour = Flavour::Envoy;
+    let consul = consul_with_echo(ConsulOptions::default());
+    // A worker stops watching a service it has not served for a TTL.
+    let config = watch_config(json!({"consul": {"wait_s": 1}, "cache": {"ttl_s": 2}}));
+    let mut gw = gateway(flavour, 2, &consul.addr().to_string(), config);
+    serve_on(&mut gw, 0, Duration::from_millis(1500));
+    // Worker 0 watches; then only worker 1 serves the service, longer than a TTL and a
+    // wait, so worker 0's watch ends and worker 1 must hold the next one.
+    serve_on(&mut gw, 1, Duration::from_secs(4));
+    consul.register(
+        Instance::new("echo", "echo-1")
+            .address("127.0.0.1")
+            .port(9001)
+            .meta("version", "9.9.9")
+            .meta("region", "eu-west"),
+    );
+    assert!(
+        until_version(&mut gw, 1, "9.9.9", Duration::from_secs(3)),
+        "{flavour:?}: the change reached worker 1's requests"
+    );
+    let watches = consul
+        .request_log()
+        .iter()
+        .filter(|r| r.path == CATALOG && r.has_query("index"))
+        .count();
+    // About one watch per second of wait over some 6 s, never one per tick.
+    assert!(watches <= 12, "{flavour:?}: {watches} watches");
+    gw.assert_no_traps();
 }
 
-/// Envoy flavour: not yet shown on real Envoy.
-#[test]
-fn an_index_going_backwards_starts_the_watch_over() {
-    for flavour in Flavour::ALL {
-        let consul = consul_with_echo(ConsulOptions::default());
-        let mut gw = gateway(
-            flavour,
-            1,
-            &consul.addr().to_string(),
-            watch_config(json!({})),
-        );
-        assert!(until_version(&mut gw, 0, "1.2.0", WAIT));
-        gw.host
-            .run_until(Duration::from_millis(500), |_| false)
-            .unwrap();
-        // Consul keeps a query blocked while the index is not above the one asked for, so
-        // the watch returns at the end of its wait with the lower index.
-        consul.set_index(1);
-        let restarted =
-            gw.host
-                .run_until(Duration::from_secs(9), |_| {
-                    consul.request_log().iter().any(|r| {
-                        r.path == CATALOG && r.query_values("index") == vec!["0".to_string()]
-                    })
-                })
-                .unwrap();
-        let queries: Vec<_> = consul
-            .request_log()
-            .iter()
-            .map(|r| r.query_values("index"))
-            .collect();
-        assert!(
-            restarted,
-            "{flavour:?}: a watch from index 0 after the reset: {queries:?}"
-        );
-        assert!(
-            until_version(&mut gw, 0, "1.2.0", WAIT),
-            "{flavour:?}: still served"
-        );
-        gw.assert_no_traps();
-    }
-}
-
-/// Envoy flavour: not yet shown on real Envoy.
-#[test]
-fn a_failing_watch_backs_off_and_keeps_serving() {
-    for flavour in Flavour::ALL {
-        let consul = consul_with_echo(ConsulOptions::default());
-        let extra = watch_config(json!({"cache": {"backoff_s": 5}}));
-        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
-        assert!(until_version(&mut gw, 0, "1.2.0", WAIT));
-        consul.set_fault(Fault::Status(500, "rpc error".into()));
-        consul.set_index(consul.index() + 1);
-        for _ in 0..30 {
-            let request = gw.send(echo_request(flavour));
-            let record = gw.forwarded(request);
-            assert_eq!(
-                record.upstream_header("x-consul-service"),
-                Some("echo"),
-                "{flavour:?}"
-            );
-            gw.host.advance(Duration::from_millis(50)).unwrap();
-        }
-        assert!(gw.metric("consul_errors") >= 1, "{flavour:?}");
-        let failed = consul.request_log().len();
-        assert!(
-            failed <= 4,
-            "{flavour:?}: backed off, {failed} requests in all"
-        );
-        gw.assert_no_traps();
-    }
-}
-
-/// Envoy flavour: not yet shown on real Envoy.
 #[test]
 fn agent_mode_asks_the_agents_cache() {
-    for flavour in Flavour::ALL {
-        let consul = consul_with_echo(ConsulOptions::default());
-        let extra = json!({"consul": {"cached": true}});
-        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
-        let request = gw.send(echo_request(flavour));
-        let record = gw.forwarded(request);
-        assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-        let sent = consul.request_log();
-        assert!(sent.iter().all(|r| r.has_query("cached")), "{flavour:?}");
-        gw.assert_no_traps();
-    }
+    let flavour = Flavour::Kong;
+    let consul = consul_with_echo(ConsulOptions::default());
+    let extra = json!({"consul": {"cached": true}});
+    let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+    let request = gw.send(echo_request(flavour));
+    let record = gw.forwarded(request);
+    assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
+    let sent = consul.request_log();
+    assert!(sent.iter().all(|r| r.has_query("cached")), "{flavour:?}");
+    gw.assert_no_traps();
 }
 
-/// Envoy flavour: not yet shown on real Envoy.
 #[test]
 fn the_health_endpoint_labels_only_instances_that_can_serve() {
-    for flavour in Flavour::ALL {
-        let consul = consul_with_echo(ConsulOptions::default());
-        consul.set_check_status("echo-2", standins::CheckStatus::Critical);
-        let extra = json!({"consul": {"endpoint": "health"}});
-        let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
-        let request = gw.send(echo_request(flavour));
-        let record = gw.forwarded(request);
-        assert_eq!(
-            record.upstream_header("x-consul-instances"),
-            Some("1"),
-            "{flavour:?}"
-        );
-        assert_eq!(
-            record.upstream_header("x-consul-meta-version"),
-            Some("1.2.0")
-        );
-        let sent = consul.request_log();
-        assert!(sent
-            .iter()
-            .all(|r| r.path == "/v1/health/service/echo" && r.has_query("passing")));
-        gw.assert_no_traps();
-    }
+    let flavour = Flavour::Kong;
+    let consul = consul_with_echo(ConsulOptions::default());
+    consul.set_check_status("echo-2", standins::CheckStatus::Critical);
+    let extra = json!({"consul": {"endpoint": "health"}});
+    let mut gw = gateway(flavour, 1, &consul.addr().to_string(), extra);
+    let request = gw.send(echo_request(flavour));
+    let record = gw.forwarded(request);
+    assert_eq!(
+        record.upstream_header("x-consul-instances"),
+        Some("1"),
+        "{flavour:?}"
+    );
+    assert_eq!(
+        record.upstream_header("x-consul-meta-version"),
+        Some("1.2.0")
+    );
+    let sent = consul.request_log();
+    assert!(sent
+        .iter()
+        .all(|r| r.path == "/v1/health/service/echo" && r.has_query("passing")));
+    gw.assert_no_traps();
 }
 
 /// Kong without its companion plugin on the route: forged headers and a second `baggage`
@@ -1312,7 +1237,10 @@ fn kong_says_once_per_worker_that_the_companion_did_not_run() {
         let record = gw.forwarded(request);
         assert_eq!(record.upstream_header("x-consul-meta-owner"), Some(""));
         assert_eq!(record.upstream_header("x-consul-service"), Some("echo"));
-        assert_eq!(record.upstream_header("x-consul-lookup"), Some("unstripped"));
+        assert_eq!(
+            record.upstream_header("x-consul-lookup"),
+            Some("unstripped")
+        );
     }
     let said = gw
         .host
