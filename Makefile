@@ -99,7 +99,7 @@ e2e:
 	@$(ENSURE) chromium envoy
 	$(E2E_RUN) --flavour envoy --flavour kong
 
-## bench: every figure of the README's benchmark table
+## bench: every figure of docs/performance.md (with the fleet's and the soak's)
 bench:
 	@$(ENSURE) rust node wrk envoy
 	tests/bench/run.sh
