@@ -99,7 +99,7 @@ e2e:
 	@$(ENSURE) chromium envoy
 	$(E2E_RUN) --flavour envoy --flavour kong
 
-## bench: every figure of the README's benchmark table
+## bench: every figure of docs/performance.md (with the fleet's and the soak's)
 bench:
 	@$(ENSURE) rust node wrk envoy
 	tests/bench/run.sh
@@ -110,7 +110,8 @@ bench-smoke:
 	tests/bench/smoke.sh
 
 ## demo-check: the demo files without Docker: Compose schema, filter configs against the
-## Kong schema, cross-file consistency, the Kong companion's test, the page's build and test
+## Kong schema, cross-file consistency, the Kong companion's test, the links and anchors of
+## README.md and docs/, the configuration reference's keys, the page's build and test
 demo-check:
 	@$(ENSURE) luajit
 	tests/demo/check.sh

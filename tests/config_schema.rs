@@ -1,6 +1,7 @@
-//! `kong/consul_enricher.meta.json` (Kong's admin-time validation), the README's
-//! configuration table and the filter's configuration structs must agree: the same keys
-//! and defaults in all three, and the same example configurations accepted or refused.
+//! `kong/consul_enricher.meta.json` (Kong's admin-time validation), the configuration
+//! reference's table (`docs/configuration.md`) and the filter's configuration structs must
+//! agree: the same keys and defaults in all three, and the same example configurations
+//! accepted or refused.
 
 use consul_enricher::config::Config;
 use serde_json::Value;
@@ -108,43 +109,49 @@ fn leaf_keys(value: &Value, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-/// The README's configuration table: each row's dotted key and its default (JSON).
-fn readme_table() -> Vec<(String, Value)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("\n## Configuration\n")
+/// The configuration reference (`docs/configuration.md`).
+const REFERENCE: &str = "docs/configuration.md";
+/// The header of its table of keys.
+const TABLE_HEADER: &str = "| Key | Default | Accepted | Meaning |\n|---|---|---|---|\n";
+
+/// The reference's table: each row's dotted key and its default (JSON).
+fn reference_table() -> Vec<(String, Value)> {
+    let path = format!("{}/{REFERENCE}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let section = text
+        .split("\n## Keys\n")
         .nth(1)
-        .expect("a Configuration section");
+        .unwrap_or_else(|| panic!("{REFERENCE}: no \"## Keys\" section"));
     let table = section
-        .split("| Key | Default | Meaning |\n|---|---|---|\n")
+        .split(TABLE_HEADER)
         .nth(1)
-        .expect("the configuration table");
+        .unwrap_or_else(|| panic!("{REFERENCE}: no table headed {TABLE_HEADER:?}"));
     table
         .lines()
         .take_while(|line| line.starts_with('|'))
         .map(|row| {
             let cells: Vec<&str> = row
                 .trim_matches('|')
-                .splitn(3, '|')
+                .splitn(4, '|')
                 .map(str::trim)
                 .collect();
+            assert_eq!(cells.len(), 4, "{REFERENCE}: not four cells: {row}");
             let unquote = |cell: &str| {
                 cell.strip_prefix('`')
                     .and_then(|c| c.strip_suffix('`'))
-                    .unwrap_or_else(|| panic!("not in backticks: {row}"))
+                    .unwrap_or_else(|| panic!("{REFERENCE}: not in backticks: {row}"))
                     .to_string()
             };
             let default = unquote(cells[1]);
             let default = serde_json::from_str(&default)
-                .unwrap_or_else(|e| panic!("default of {row} is not JSON: {e}"));
+                .unwrap_or_else(|e| panic!("{REFERENCE}: default of {row} is not JSON: {e}"));
             (unquote(cells[0]), default)
         })
         .collect()
 }
 
 #[test]
-fn structs_schema_and_readme_list_the_same_keys() {
+fn structs_schema_and_reference_list_the_same_keys() {
     let mut fields = Vec::new();
     let defaults = serde_json::to_value(Config::default()).unwrap();
     leaf_keys(&defaults, "", &mut fields);
@@ -173,18 +180,18 @@ fn structs_schema_and_readme_list_the_same_keys() {
     schema_keys(&meta["config_schema"], "", &mut schema);
     schema.sort();
 
-    let mut readme: Vec<String> = readme_table().into_iter().map(|(key, _)| key).collect();
-    readme.sort();
+    let mut reference: Vec<String> = reference_table().into_iter().map(|(key, _)| key).collect();
+    reference.sort();
 
     assert!(fields.len() > 30, "{fields:?}");
     assert_eq!(schema, fields, "Kong schema vs the structs");
-    assert_eq!(readme, fields, "README table vs the structs");
+    assert_eq!(reference, fields, "{REFERENCE}'s table vs the structs");
 }
 
 #[test]
-fn readme_defaults_are_the_parsers_defaults() {
+fn reference_defaults_are_the_parsers_defaults() {
     let mut documented = serde_json::Map::new();
-    for (key, default) in readme_table() {
+    for (key, default) in reference_table() {
         let mut object = &mut documented;
         let mut segments: Vec<&str> = key.split('.').collect();
         let leaf = segments.pop().unwrap();

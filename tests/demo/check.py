@@ -15,6 +15,11 @@
 - that the three files agree with each other (mounts, DNS, shm_kv zone, clusters,
   instance addresses);
 - the Kong companion plugin's unit test (LuaJIT with lua-cjson, as in Kong);
+- the documentation (README.md and docs/*.md): every relative link leads to a file that
+  exists and every `#anchor` to a heading there (GitHub's slugs), every docs page says first
+  whom it is for, and the configuration reference's table (docs/configuration.md) lists the
+  keys of kong/consul_enricher.meta.json, no more and no fewer (tests/config_schema.rs ties
+  that schema to the filter's structs);
 - the web page: `npm ci` without a warning (engines included), one version of each
   @opentelemetry package, `npm run build` and its unit test.
 
@@ -444,6 +449,175 @@ def check_instances(report, compose, envoy):
     report.check("Envoy's echo cluster lists the echo instances", endpoints == set(echo), f"{sorted(endpoints)}")
 
 
+# ---------------------------------------------------------------- documentation
+
+CONFIG_REFERENCE = "docs/configuration.md"
+CONFIG_TABLE_HEADER = "| Key | Default | Accepted | Meaning |"
+FENCE = re.compile(r"^\s*(```|~~~)")
+CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+INLINE_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$")
+HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def documentation_files():
+    return [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+
+
+def prose_lines(text):
+    """(line number, line) of the lines outside fenced code blocks."""
+    fenced = None
+    for number, line in enumerate(text.splitlines(), 1):
+        match = FENCE.match(line)
+        if match:
+            if fenced is None:
+                fenced = match.group(1)
+            elif match.group(1) == fenced:
+                fenced = None
+            continue
+        if fenced is None:
+            yield number, line
+
+
+def heading_text(markdown):
+    """The text GitHub renders for a heading's markdown: code spans, links and emphasis
+    reduced to their text."""
+    text = CODE_SPAN.sub(lambda m: m.group(2).strip(), markdown)
+    text = INLINE_LINK.sub(lambda m: m.group(1), text)
+    return re.sub(r"(\*+|(?<!\w)_+|_+(?!\w))", "", text)
+
+
+def github_slug(text):
+    """GitHub's anchor of a heading: lower case, every character but letters, digits, `-`,
+    `_` and spaces dropped, each space a `-`."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def anchors(text):
+    """Every heading's anchor in a markdown text; a repeated one gets -1, -2, ..."""
+    seen = {}
+    found = set()
+    for _, line in prose_lines(text):
+        match = HEADING.match(line)
+        if not match:
+            continue
+        slug = github_slug(heading_text(match.group(2)))
+        if slug in seen:
+            while True:
+                seen[slug] += 1
+                candidate = f"{slug}-{seen[slug]}"
+                if candidate not in seen:
+                    break
+            slug = candidate
+        seen[slug] = 0
+        found.add(slug)
+    return found
+
+
+def links(text):
+    """(line number, target) of every inline and reference link outside code."""
+    for number, line in prose_lines(text):
+        line = CODE_SPAN.sub("", line)
+        for match in INLINE_LINK.finditer(line):
+            yield number, match.group(2)
+        match = REFERENCE_LINK.match(line)
+        if match:
+            yield number, match.group(1)
+
+
+def check_links(report, files):
+    anchor_cache = {}
+
+    def anchors_of(path):
+        if path not in anchor_cache:
+            anchor_cache[path] = anchors(path.read_text())
+        return anchor_cache[path]
+
+    broken = []
+    count = 0
+    for source in files:
+        for number, target in links(source.read_text()):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+                continue  # a URL (https:, mailto:): not this repository's
+            count += 1
+            where = f"{source.relative_to(ROOT)}:{number}: {target}"
+            path, _, anchor = target.partition("#")
+            resolved = (source.parent / path).resolve() if path else source
+            if not resolved.exists():
+                broken.append(f"{where}: no such file")
+            elif anchor and resolved.suffix == ".md" and anchor not in anchors_of(resolved):
+                broken.append(f"{where}: no heading #{anchor} in {os.path.relpath(resolved, ROOT)}")
+    report.check(f"the {count} links and anchors in README.md and the {len(files) - 1} docs pages lead somewhere", not broken, "; ".join(broken))
+
+
+def check_audience(report, files):
+    """Every docs page says first whom it is for: the first line after its title."""
+    wrong = []
+    for path in files:
+        if path.parent != ROOT / "docs":
+            continue
+        lines = [line for _, line in prose_lines(path.read_text()) if line.strip()]
+        if len(lines) < 2 or not lines[0].startswith("# ") or not lines[1].startswith("For "):
+            wrong.append(str(path.relative_to(ROOT)))
+    report.check("every docs page starts by saying whom it is for (\"For ...\")", not wrong, "not so: " + ", ".join(wrong))
+
+
+def reference_keys(text):
+    """The first column of the configuration reference's table of keys."""
+    lines = text.splitlines()
+    start = lines.index(CONFIG_TABLE_HEADER) + 2
+    keys = []
+    for row in lines[start:]:
+        if not row.startswith("|"):
+            break
+        cell = row.strip("|").split("|")[0].strip()
+        keys.append(cell.strip("`"))
+    return keys
+
+
+def schema_keys(schema, prefix=""):
+    """The dotted key of every leaf of a configuration schema (arrays are leaves)."""
+    if "properties" not in schema:
+        return [prefix]
+    keys = []
+    for key, member in schema["properties"].items():
+        keys += schema_keys(member, f"{prefix}.{key}" if prefix else key)
+    return keys
+
+
+def check_config_reference(report, config_schema):
+    try:
+        documented = reference_keys((ROOT / CONFIG_REFERENCE).read_text())
+    except (OSError, ValueError) as error:
+        report.check(f"{CONFIG_REFERENCE} has the table of keys ({CONFIG_TABLE_HEADER})", False, str(error))
+        return
+    schema = schema_keys(config_schema)
+    repeated = sorted({key for key in documented if documented.count(key) > 1})
+    missing = sorted(set(schema) - set(documented))
+    extra = sorted(set(documented) - set(schema))
+    detail = "; ".join(
+        part
+        for part in (
+            f"not in {CONFIG_REFERENCE}: {', '.join(missing)}" if missing else "",
+            f"not in consul_enricher.meta.json: {', '.join(extra)}" if extra else "",
+            f"listed twice: {', '.join(repeated)}" if repeated else "",
+        )
+        if part
+    )
+    report.check(
+        f"{CONFIG_REFERENCE} lists the {len(schema)} configuration keys of consul_enricher.meta.json",
+        not (missing or extra or repeated),
+        detail,
+    )
+
+
+def check_documentation(report, config_schema):
+    files = documentation_files()
+    check_links(report, files)
+    check_audience(report, files)
+    check_config_reference(report, config_schema)
+
+
 def run(report, name, command, cwd):
     print(f"---- {name}: {' '.join(command)}", flush=True)
     result = subprocess.run(command, cwd=cwd)
@@ -522,6 +696,7 @@ def main():
     check_envoy(report, compose, envoy, config_schema)
     check_instances(report, compose, envoy)
     check_companion(report)
+    check_documentation(report, config_schema)
     if not args.skip_web:
         check_web(report)
 
