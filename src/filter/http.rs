@@ -157,7 +157,7 @@ impl<'a> Incoming<'a> {
 /// (`ngx_http_wasm_set_header_helper`, src/http/ngx_http_wasm_headers.c), and nginx's proxy
 /// module forwards every header regardless (`ngx_http_proxy_create_request`), so on Kong a
 /// removed header would still reach the upstream: there the filter empties it instead, and
-/// Kong's companion plugin clears it for real before the filter runs (README, "Trust").
+/// Kong's companion plugin clears it for real before the filter runs (docs/trust.md).
 fn remove_request_header(kong: bool, name: &str) {
     if kong {
         host::set_header(MapType::HttpRequestHeaders, name, "");

@@ -29,8 +29,8 @@ const EMPTY_FILTER_WAT: &str = r#"(module
   (func (export "proxy_on_log") (param i32))
   (func (export "proxy_on_delete") (param i32)))"#;
 
-/// The host calls of an enricher cache hit on Kong and nothing else (README, "What a hit
-/// costs"): the clock, the request's header map, the Kong service, six `x-consul-*`
+/// The host calls of an enricher cache hit on Kong and nothing else (docs/performance.md, "What a
+/// hit costs"): the clock, the request's header map, the Kong service, six `x-consul-*`
 /// headers and `baggage`; on the response `upstream.address`, `upstream.port` and
 /// `$consul_enricher` (`ngx.consul_enricher`), with values of the sizes a hit writes. Its cost is the floor of any
 /// filter that makes those calls.

@@ -3,7 +3,7 @@
 //!
 //! `bench-host` runs the full benchmark; `bench-host --quick` runs every part briefly, to
 //! check that it still runs (its figures mean nothing); `bench-host --per-request` runs only
-//! the per-request figures, for profiling (README, "Benchmarks").
+//! the per-request figures, for profiling (docs/performance.md).
 
 mod consul_load;
 mod fixtures;

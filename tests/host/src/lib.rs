@@ -255,7 +255,7 @@ impl HostShared {
 }
 
 /// The one engine. With `TEST_HOST_PERF_MAP` set, wasmtime writes `/tmp/perf-<pid>.map` so
-/// that `perf report` names the filter's functions (README, "Benchmarks").
+/// that `perf report` names the filter's functions (docs/performance.md).
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {

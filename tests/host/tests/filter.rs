@@ -1,5 +1,5 @@
 //! The real `consul_enricher.wasm` on the test host against the Consul stand-in: the
-//! contract in README.md ("Configuration", "What the filter adds").
+//! contract in docs/configuration.md and docs/attributes.md.
 //!
 //! The Kong flavour models ngx_wasm_module, whose engine runs only by hand, so it is the
 //! reference for Kong in `make test`. For Envoy the reference is the official binary in
@@ -304,7 +304,7 @@ fn kong_exports_spans_from_requests() {
 
 /// `n` cold requests over two workers, all sent before Consul answers: every one is
 /// answered and enriched. ngx_wasm_module can resume a paused request only when a call of
-/// its own is answered, so each waits on its own call (README, "How a cold request waits").
+/// its own is answered, so each waits on its own call (docs/waiting.md).
 fn concurrent_cold_requests(n: usize) {
     let flavour = Flavour::Kong;
     let consul = consul_with_echo(ConsulOptions::default());
