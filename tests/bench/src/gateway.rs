@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 
 /// What the filter logs when it refuses its configuration (and the gateway then passes
-/// every request through).
-const REFUSAL: &str = "invalid configuration";
+/// every request through), or a setting its host cannot have (Kong has no `consul.watch`:
+/// the filter refreshes every TTL instead, so a watch-mode figure would be poll mode's).
+const REFUSALS: [&str; 2] = ["invalid configuration", "consul.watch is off on Kong"];
 /// Lines of other output kept for error messages.
 const KEPT_LINES: usize = 20;
 const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -96,7 +97,7 @@ impl Gateway {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
                     let mut kept = stderr.lock().unwrap_or_else(PoisonError::into_inner);
-                    if line.contains(REFUSAL) {
+                    if REFUSALS.iter().any(|r| line.contains(r)) {
                         kept.refusal.get_or_insert(line);
                     } else if is_report_line(&line) {
                         kept.report.push(line);

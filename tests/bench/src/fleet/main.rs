@@ -25,7 +25,9 @@
 //!
 //! Watch mode is the filter's `"consul": {"watch": true, "wait_s": .., "min_watch_interval_ms":
 //! ..}`; a filter that refuses those keys logs "invalid configuration" and passes requests
-//! through, and the bench then reports watch mode as refused. The `consul.change_visible_*`
+//! through, and the bench then reports watch mode as refused. The gateways run the test
+//! host's Kong flavour, and on Kong the filter has no watch (it logs that it refreshes
+//! every TTL instead): watch mode is then reported as refused too. The `consul.change_visible_*`
 //! keys are watch mode's; poll mode's carry a `.poll` suffix.
 //!
 //! Usage: `bench-fleet [--quick] [--gateways N] [--workers N] [--services N] [--instances N]
