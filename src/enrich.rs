@@ -197,16 +197,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// From the host's `upstream.address`: Envoy reports `ip:port` (IPv6 in brackets);
-    /// ngx_wasm_module reports the address alone and the port in `upstream.port`
-    /// (`src/common/proxy_wasm/ngx_proxy_wasm_properties.c`, `get_upstream_address` cuts
-    /// the peer name at its last `:`).
-    pub fn parse(address: &str, port: Option<&str>) -> Option<Peer> {
-        let address = address.trim();
-        let (host, port) = match port {
-            Some(port) => (address, port.trim()),
-            None => address.rsplit_once(':')?,
-        };
+    /// From `ip:port` (IPv6 in brackets): Envoy's `upstream.address`, or on Kong the last
+    /// peer of nginx's `$upstream_addr` ([`last_upstream_addr`]).
+    pub fn parse(address: &str) -> Option<Peer> {
+        let (host, port) = address.trim().rsplit_once(':')?;
         let port = port.parse().ok()?;
         let (ip, bare) = parse_host(host);
         let address = match ip {
@@ -228,6 +222,18 @@ impl Peer {
             _ => false,
         }
     }
+}
+
+/// The peer that answered, from nginx's `$upstream_addr`: one `ip:port` per upstream
+/// tried, `, ` between tries and ` : ` between internal redirects, in order
+/// (`ngx_http_upstream_addr_variable`, `src/http/ngx_http_upstream.c`).
+pub fn last_upstream_addr(upstream_addr: &str) -> &str {
+    let after_redirects = upstream_addr.rsplit(" : ").next().unwrap_or(upstream_addr);
+    after_redirects
+        .rsplit(',')
+        .next()
+        .unwrap_or(after_redirects)
+        .trim()
 }
 
 /// A host as an IP address (brackets and IPv6 zone dropped) when it is one, and the host
@@ -604,7 +610,7 @@ mod tests {
     }
 
     fn peer(address: &str) -> Option<Peer> {
-        Peer::parse(address, None)
+        Peer::parse(address)
     }
 
     fn matched(instances: &[Instance], peer: Option<Peer>) -> Option<&str> {
@@ -628,22 +634,31 @@ mod tests {
     }
 
     #[test]
-    fn kong_reports_the_port_apart() {
+    fn kong_takes_the_last_peer_of_upstream_addr() {
         let inst = [instance("b", "10.0.0.2", 8080, "2.0", "us")];
-        let kong = Peer::parse("10.0.0.2", Some("8080"));
-        assert_eq!(matched(&inst, kong), Some("b"));
-        assert_eq!(matched(&inst, Peer::parse("10.0.0.2", Some("80"))), None);
-        assert_eq!(Peer::parse("10.0.0.2", Some("x")), None);
+        let kong = |v| peer(last_upstream_addr(v));
+        assert_eq!(matched(&inst, kong("10.0.0.2:8080")), Some("b"));
+        assert_eq!(
+            matched(&inst, kong("10.0.0.1:8080, 10.0.0.2:8080")),
+            Some("b")
+        );
+        assert_eq!(matched(&inst, kong("10.0.0.2:8080, 10.0.0.1:8080")), None);
+        assert_eq!(
+            matched(&inst, kong("10.0.0.9:80 : 10.0.0.2:8080")),
+            Some("b")
+        );
+        assert_eq!(
+            last_upstream_addr("[::1]:80, [2001:db8::1]:5000"),
+            "[2001:db8::1]:5000"
+        );
+        assert_eq!(kong("unix:/tmp/echo.sock"), None);
+        assert_eq!(kong(""), None);
     }
 
     #[test]
     fn ipv6_compares_as_an_address() {
         let long_form = [instance("d", "2001:db8:0:0:0:0:0:1", 5000, "1", "x")];
         assert_eq!(matched(&long_form, peer("[2001:db8::1]:5000")), Some("d"));
-        assert_eq!(
-            matched(&long_form, Peer::parse("[2001:db8::1]", Some("5000"))),
-            Some("d")
-        );
         let short = [instance("e", "::1", 80, "1", "x")];
         assert_eq!(matched(&short, peer("[::1]:80")), Some("e"));
         assert_eq!(matched(&short, peer("[0:0::1%eth0]:80")), Some("e"));
@@ -670,7 +685,7 @@ mod tests {
         );
         assert_eq!(attr(&a, "consul.service.meta.version"), Some(&s("2.0")));
         assert_eq!(attr(&a, "consul.service.meta.region"), Some(&s("us")));
-        let peer_attrs = for_peer(&Peer::parse("10.0.0.2", Some("8080")).unwrap());
+        let peer_attrs = for_peer(&Peer::parse("10.0.0.2:8080").unwrap());
         assert_eq!(
             peer_attrs,
             vec![

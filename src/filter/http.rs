@@ -68,14 +68,21 @@ fn set_state(path: &str, value: &str) {
 }
 
 /// The upstream peer of this request, as each host reports it (see [`enrich::Peer`]).
+///
+/// On Kong from nginx's `$upstream_addr`, not ngx_wasm_module's `upstream.address` and
+/// `upstream.port`: those search the peer's name with `strrchr`, which needs a terminating
+/// NUL the name does not have (`get_upstream_address`, `get_upstream_port` in
+/// `src/common/proxy_wasm/ngx_proxy_wasm_properties.c`, 9136e463 as on main). Under Kong's
+/// balancer the name sits in a reused buffer, and real Kong 3.9.1 then logged `[emerg]
+/// malloc(18446744073709551613) failed` for 41-53% of the requests under load, whose
+/// instance was lost. The variable is built by nginx with its length.
 fn upstream_peer(kind: HostKind) -> Option<enrich::Peer> {
-    let address = host::property("upstream\0address")?;
     match kind {
         HostKind::Kong => {
-            let port = host::property("upstream\0port")?;
-            enrich::Peer::parse(&address, Some(&port))
+            let upstream_addr = host::property("ngx\0upstream_addr")?;
+            enrich::Peer::parse(enrich::last_upstream_addr(&upstream_addr))
         }
-        HostKind::Envoy => enrich::Peer::parse(&address, None),
+        HostKind::Envoy => enrich::Peer::parse(&host::property("upstream\0address")?),
     }
 }
 

@@ -122,7 +122,7 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(Baggage::parse(&after), Ok(baggage));
     }
 
-    let peer = Peer::parse(upstream, None);
+    let peer = Peer::parse(upstream);
     let used = peer
         .as_ref()
         .and_then(|p| match_instance(instances, p))

@@ -337,10 +337,20 @@ fn foreign_namespace(state: &WorkerState, path: &str) -> bool {
     }
 }
 
+/// The start of the Critical line the Kong flavour logs when the filter reads
+/// `upstream.address` or `upstream.port`.
+pub const KONG_UPSTREAM_NAME_READ: &str =
+    "upstream.address and upstream.port misread the peer's name";
+
 /// `upstream.address` and `upstream.port` from the peer's `ip:port`. ngx_wasm_module cuts
 /// the peer name at its last `:` for both (`get_upstream_address`, `get_upstream_port` in
 /// `ngx_proxy_wasm_properties.c`: the address keeps an IPv6 address's brackets); Envoy
-/// reports `ip:port` as `upstream.address` once the upstream connected.
+/// reports `ip:port` as `upstream.address` once the upstream connected. On Kong both find
+/// that `:` with `strrchr` in a name that has no terminating NUL; under Kong's balancer the
+/// name sits in a reused buffer, and real Kong 3.9.1 logged `[emerg] malloc(...)
+/// failed` for about half the requests under load, which lost their instance. The host
+/// answers, and logs the read at Critical, every time. `$upstream_addr` is the safe way
+/// (`ngx.upstream_addr`, built by nginx with its length: `ngx_http_upstream_addr_variable`).
 fn upstream_property(flavour: Flavour, peer: &str, path: &str) -> Option<Vec<u8>> {
     let (address, port) = peer.rsplit_once(':')?;
     let value = match (flavour, path) {
@@ -361,8 +371,20 @@ fn get_property(state: &WorkerState, path: &str) -> Option<Vec<u8>> {
     note_kong_lua_call(state, path);
     let record = state.requests.get(&state.effective_context);
     if path == "upstream.address" || path == "upstream.port" {
+        if flavour == Flavour::Kong {
+            state.log(
+                LogLevel::Critical,
+                format!("{KONG_UPSTREAM_NAME_READ}: {path}"),
+            );
+        }
         let peer = record?.upstream_address.as_deref()?;
         return upstream_property(flavour, peer, path);
+    }
+    if flavour == Flavour::Kong && path == "ngx.upstream_addr" {
+        return record?
+            .upstream_address
+            .as_ref()
+            .map(|p| p.as_bytes().to_vec());
     }
     if let Some(name) = path.strip_prefix("ngx.") {
         if let Some(value) = record.and_then(|r| r.nginx_variables.get(name)) {

@@ -29,7 +29,9 @@ use wasmtime::error::Context as _;
 use wasmtime::Result;
 use wasmtime::{Engine, Linker, Module};
 
-pub use abi::{KONG_CALL_OUTSIDE_A_REQUEST, KONG_LUA_OUTSIDE_REQUEST_HEADERS};
+pub use abi::{
+    KONG_CALL_OUTSIDE_A_REQUEST, KONG_LUA_OUTSIDE_REQUEST_HEADERS, KONG_UPSTREAM_NAME_READ,
+};
 pub use dispatch::DispatchRecord;
 pub use shared::{MetricKind, SharedEntry};
 pub use worker::{find_header, LocalResponse, Phase, RequestRecord};
