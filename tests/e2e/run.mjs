@@ -290,8 +290,11 @@ async function fetchTrace(otlp, traceId, gateway) {
     if (status !== 200 || !body?.data?.[0]) return { ok: false, why: `HTTP ${status}` };
     const spans = traceModel(body.data[0]);
     const services = new Set(spans.map((s) => s.service));
-    const browserSpans = spans.filter((s) => s.service === BROWSER_SERVICE).length;
-    const ok = browserSpans >= 2 && needed.every((name) => services.has(name));
+    const count = (service) => spans.filter((s) => s.service === service).length;
+    // The click and its fetch; echo-service's server span and its child, which can end in
+    // different export batches (the server span only after RESPONSE_DELAY_MS).
+    const ok = count(BROWSER_SERVICE) >= 2 && count(ECHO_SERVICE) >= 2
+      && needed.every((name) => services.has(name));
     return { ok, value: spans, why: `services so far: ${[...services].join(', ')}` };
   });
 }
