@@ -56,12 +56,12 @@ fn str_attr(attrs: &mut Attributes, key: &str, value: &str) {
     }
 }
 
-/// `a` followed by `b` in one allocation (header names, attribute names).
 /// The `<prefix>lookup` request header on Kong when what the client sent under the filter's
 /// names reaches the upstream (the companion plugin did not run on the route): the other
 /// headers under the prefix, and `consul.*` baggage, may then be the client's.
 pub const UNSTRIPPED: &str = "unstripped";
 
+/// `a` followed by `b` in one allocation (header names, attribute names).
 pub fn concat(a: &str, b: &str) -> String {
     let mut s = String::with_capacity(a.len() + b.len());
     s.push_str(a);
