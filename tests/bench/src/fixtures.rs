@@ -29,11 +29,11 @@ const EMPTY_FILTER_WAT: &str = r#"(module
   (func (export "proxy_on_log") (param i32))
   (func (export "proxy_on_delete") (param i32)))"#;
 
-/// The host calls of an enricher cache hit on Kong and nothing else (docs/performance.md, "What a
-/// hit costs"): the clock, the request's header map, the Kong service, six `x-consul-*`
-/// headers and `baggage`; on the response `upstream.address`, `upstream.port` and
-/// `$consul_enricher` (`ngx.consul_enricher`), with values of the sizes a hit writes. Its cost is the floor of any
-/// filter that makes those calls.
+/// The host calls of an enricher cache hit on Kong and nothing else (docs/performance.md,
+/// "What a hit costs"): the clock, the request's header map, the Kong service, six
+/// `x-consul-*` headers and `baggage`; on the response `$upstream_addr`
+/// (`ngx.upstream_addr`) and `$consul_enricher` (`ngx.consul_enricher`), with values of the
+/// sizes a hit writes. Its cost is the floor of any filter that makes those calls.
 const HIT_CALLS_WAT: &str = r#"(module
   (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
   (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
@@ -56,8 +56,7 @@ const HIT_CALLS_WAT: &str = r#"(module
   (data (i32.const 5120) "baggage")
   (data (i32.const 5376) "ui.component=checkout-button,ui.action=click,consul.service=echo,consul.datacenter=dc1,consul.service.meta.version=1.4.2%2C1.5.0,consul.service.meta.region=eu-west-1")
   (data (i32.const 5632) "kong\00router\00service")
-  (data (i32.const 5888) "upstream\00address")
-  (data (i32.const 6144) "upstream\00port")
+  (data (i32.const 5888) "ngx\00upstream_addr")
   (data (i32.const 6400) "ngx\00consul_enricher")
   (data (i32.const 6656) "{\22service.peer.name\22:\22echo\22,\22consul.lookup\22:\22hit\22,\22consul.service.meta.region\22:\22eu-west-1\22,\22ui.component\22:\22checkout-button\22,\22consul.lookup.duration_ms\22:0,\22network.peer.address\22:\2210.0.1.1\22,\22network.peer.port\22:8080,\22server.address\22:\2210.0.1.1\22,\22server.port\22:8080,\22consul.service.id\22:\22echo-0\22,\22consul.node\22:\22node-0\22,\22consul.datacenter\22:\22dc1\22,\22consul.service.tags\22:[\22http\22],\22consul.service.meta.version\22:\221.4.2\22}")
   ;; What the host returns goes to a bump area that starts over when full.
@@ -86,8 +85,7 @@ const HIT_CALLS_WAT: &str = r#"(module
     (drop (call $replace_header (i32.const 0) (i32.const 5120) (i32.const 7) (i32.const 5376) (i32.const 165)))
     (i32.const 0))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
-    (drop (call $get_property (i32.const 5888) (i32.const 16) (i32.const 32) (i32.const 36)))
-    (drop (call $get_property (i32.const 6144) (i32.const 13) (i32.const 32) (i32.const 36)))
+    (drop (call $get_property (i32.const 5888) (i32.const 17) (i32.const 32) (i32.const 36)))
     (drop (call $set_property (i32.const 6400) (i32.const 19) (i32.const 6656) (i32.const 407)))
     (i32.const 0))
   (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32))
