@@ -1,10 +1,10 @@
 //! The filter's configuration: one JSON object, parsed once in `on_configure`.
 //!
 //! The structs below are the schema. serde reads them: every struct refuses unknown keys and
-//! takes its `Default` for absent ones (docs/configuration.md's table), and is read from an object only,
-//! with no key twice, and an error names its key by its dotted path, so the host's log says
-//! what to fix ([`crate::object`]). What types cannot say (ranges, formats, rules across
-//! keys) is checked by one `validate` step after.
+//! takes its `Default` for absent ones (docs/configuration.md's table), and is read from an
+//! object only, with no key twice, and an error names its key by its dotted path, so the
+//! host's log says what to fix ([`crate::object`]). What types cannot say (ranges, formats,
+//! rules across keys) is checked by one `validate` step after.
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
@@ -37,8 +37,8 @@ impl<'de> Deserialize<'de> for HostKind {
 }
 
 // `Serialize` writes a configuration back as the JSON it was read from (tests and fuzzing
-// compare the field list with docs/configuration.md and the Kong schema); the filter never calls it,
-// so it adds nothing to the `.wasm`.
+// compare the field list with docs/configuration.md and the Kong schema); the filter never
+// calls it, so it adds nothing to the `.wasm`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {

