@@ -10,7 +10,10 @@
 //! - shared data: every request increments the counter `baseline/requests` with a
 //!   compare-and-swap loop, so concurrent workers prove the host's CAS;
 //! - metrics: `baseline_requests_total`, `baseline_ticks_total`;
-//! - response headers: echoes property `upstream.address` as `x-baseline-upstream`.
+//! - response headers: echoes the peer property as `x-baseline-upstream`: `upstream.address`
+//!   by default, another with `peer=<dotted path>` (on Kong `peer=ngx.upstream_addr`, as the
+//!   enricher reads the peer there: ngx_wasm_module's `upstream.address` misreads the peer's
+//!   name under Kong's balancer, and the test host's Kong flavour logs each read at Critical).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
@@ -32,6 +35,8 @@ struct Settings {
     dispatch_path: String,
     dispatch_timeout_ms: u64,
     tick_ms: u64,
+    /// The property echoed on the response, as its path's segments.
+    peer: Vec<String>,
 }
 
 #[derive(Default)]
@@ -46,6 +51,7 @@ fn parse_settings(text: &str) -> Result<Settings, String> {
         dispatch_authority: "baseline".to_string(),
         dispatch_path: "/baseline".to_string(),
         dispatch_timeout_ms: 500,
+        peer: vec!["upstream".to_string(), "address".to_string()],
         ..Settings::default()
     };
     for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
@@ -58,6 +64,7 @@ fn parse_settings(text: &str) -> Result<Settings, String> {
             "dispatch" => settings.dispatch_upstream = Some(value.to_string()),
             "authority" => settings.dispatch_authority = value.to_string(),
             "path" => settings.dispatch_path = value.to_string(),
+            "peer" => settings.peer = value.split('.').map(str::to_string).collect(),
             "timeout_ms" => {
                 settings.dispatch_timeout_ms = value
                     .parse()
@@ -209,7 +216,7 @@ impl HttpContext for BaselineHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let upstream = self
-            .get_property(vec!["upstream", "address"])
+            .get_property(self.settings.peer.iter().map(String::as_str).collect())
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_else(|| "unknown".to_string());
         self.set_http_response_header("x-baseline-upstream", Some(&upstream));

@@ -93,6 +93,10 @@ const HIT_CALLS_WAT: &str = r#"(module
   (func (export "proxy_on_log") (param i32))
   (func (export "proxy_on_delete") (param i32)))"#;
 
+/// The baseline filter's configuration on the Kong flavour: it reads the peer as the
+/// enricher does there (see the baseline's `peer=`).
+pub const BASELINE_ON_KONG: &str = "peer=ngx.upstream_addr";
+
 pub struct Wasm {
     pub empty: PathBuf,
     pub hit_calls: PathBuf,

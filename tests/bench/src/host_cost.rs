@@ -11,7 +11,7 @@ use test_host::{Host, RequestHandle};
 
 use crate::fixtures::{
     enricher_config, forward_and_respond, host_options, lookup_attribute, lookup_header, register,
-    respond, traced_request, Wasm,
+    respond, traced_request, Wasm, BASELINE_ON_KONG,
 };
 use consul_enricher_bench::stats::Summary;
 
@@ -84,8 +84,12 @@ pub fn run(wasm: &Wasm, warmup: usize, iterations: usize) -> Result<HostCost> {
         Host::new(host_options(&wasm.empty, String::new(), 1)).map_err(anyhow::Error::msg)?;
     let no_filter = measure(&mut host, warmup, iterations, Expect::Nothing)?;
 
-    let mut host =
-        Host::new(host_options(&wasm.baseline, String::new(), 1)).map_err(anyhow::Error::msg)?;
+    let mut host = Host::new(host_options(
+        &wasm.baseline,
+        BASELINE_ON_KONG.to_string(),
+        1,
+    ))
+    .map_err(anyhow::Error::msg)?;
     let baseline = measure(&mut host, warmup, iterations, Expect::Nothing)?;
 
     let mut host =

@@ -12,7 +12,7 @@ mod throughput;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::fixtures::Wasm;
+use crate::fixtures::{Wasm, BASELINE_ON_KONG};
 use consul_enricher_bench::stats::{micros, Summary};
 
 struct Sizes {
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
         (
             "baseline filter",
             &wasm.baseline,
-            String::new(),
+            BASELINE_ON_KONG.to_string(),
             "baseline",
             false,
         ),

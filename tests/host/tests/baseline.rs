@@ -93,6 +93,25 @@ fn response_sees_upstream_address_only_once_chosen() {
 }
 
 #[test]
+fn kong_peer_from_upstream_addr_is_read_without_a_critical_line() {
+    let mut host = Host::new(options(Flavour::Kong, "peer=ngx.upstream_addr")).unwrap();
+    let request = host.request(0, traced()).unwrap();
+    host.respond(
+        request,
+        "10.1.2.3:8080",
+        vec![(":status".into(), "200".into())],
+    )
+    .unwrap();
+    let record = host.record(request).unwrap();
+    assert_eq!(
+        record.client_response_header("x-baseline-upstream"),
+        Some("10.1.2.3:8080")
+    );
+    let misread = host.logs_containing(test_host::KONG_UPSTREAM_NAME_READ);
+    assert!(misread.is_empty(), "{misread:?}");
+}
+
+#[test]
 fn refused_config_is_reported_with_the_filter_logs() {
     for flavour in Flavour::ALL {
         match Host::new(options(flavour, "refuse=1")) {
